@@ -1,0 +1,11 @@
+"""Benchmarks: `rl-plasticity bench NAME [--json]`.
+
+Each module listed in BENCHES defines `add_arguments(parser)` (optional) and `run(args) -> dict`:
+it prints human-readable lines while it works and returns its figures; the CLI prints them as one
+JSON object on the last line when --json is given.
+"""
+
+BENCHES = {
+    "regression": "rl_plasticity.bench.regression",
+    "envs": "rl_plasticity.bench.envs",
+}
