@@ -13,7 +13,7 @@ from rl_plasticity.errors import UserError
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train from a YAML config")
-    p.add_argument("config", help="YAML experiment file, e.g. configs/regression/cbp.yaml")
+    p.add_argument("config", nargs="?", help="YAML experiment file, e.g. configs/regression/cbp.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (dotted keys for nested values); repeatable")
     seeds = p.add_mutually_exclusive_group()

@@ -1,0 +1,62 @@
+"""Layers that hold R independent replicas (one per seed) of their parameters.
+
+A replica axis in front of every parameter lets many seeds of a small problem train as one batched
+computation: weight [R, out, in], bias [R, out], input [R, B, in]. Replicas never mix, so replica r
+computes exactly what a network trained alone would. Problems with one seed use R = 1 and may feed
+plain [B, in] inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Gain of the Kaiming family per activation (He et al.): the scale that keeps activations' variance.
+_GAINS = {"relu": math.sqrt(2.0), "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)), "tanh": 5.0 / 3,
+          "sigmoid": 1.0, "linear": 1.0, "elu": math.sqrt(2.0), "swish": math.sqrt(2.0)}
+
+INITS = ("lecun", "kaiming")
+
+
+def uniform_bound(fan_in: int, init: str, activation: str) -> float:
+    """Half-width of the uniform init: LeCun U(+-sqrt(3/fan_in)); Kaiming scales it by the activation's gain."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+    gain = _GAINS[activation] if init == "kaiming" else 1.0
+    return gain * math.sqrt(3.0 / fan_in)
+
+
+class Linear(nn.Module):
+    """Replica-batched linear layer whose weights come from U(+-bound) and biases start at 0.
+
+    The layer remembers its bound so that plasticity methods can redraw a unit's incoming weights
+    from the layer's own init distribution.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bound: float, replicas: int = 1):
+        super().__init__()
+        self.in_features, self.out_features, self.bound, self.replicas = in_features, out_features, bound, replicas
+        self.weight = nn.Parameter(torch.zeros(replicas, out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(replicas, out_features))
+
+    def sample_weights(self, rows: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Fresh incoming weights for `rows` units of one replica, from the layer's init distribution."""
+        w = torch.empty(rows, self.in_features, dtype=self.weight.dtype, device=self.weight.device)
+        return w.uniform_(-self.bound, self.bound, generator=generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generators: list[torch.Generator | None]) -> None:
+        for r, g in enumerate(generators):
+            self.weight[r] = self.sample_weights(self.out_features, g)
+        self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # [B, in] with a single replica: the plain (and fastest) path
+            return F.linear(x, self.weight[0], self.bias[0])
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, replicas={self.replicas}, bound={self.bound:.4g}"

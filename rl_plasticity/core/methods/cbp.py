@@ -1,0 +1,130 @@
+"""Continual backprop (Dohare et al., Nature 2024): keep replacing a tiny fraction of the least useful
+mature hidden units with fresh ones.
+
+After every optimizer step, for each unit group and each replica:
+1. every unit ages by 1;
+2. utility: an exponential average (decay d) of the unit's instantaneous utility, divided by
+   (1 - d^age) so young units are not judged by a zero-started average;
+     contribution:            mean|outgoing w| * mean_batch |h|
+     adaptable_contribution:  mean|outgoing w| * mean_batch |h - mean h| / mean|incoming w|
+     random:                  a fresh uniform draw at replacement time
+3. units older than the maturity threshold are eligible; replacement_rate * (#eligible) is added to
+   an accumulator and floor(accumulator) eligible units with the lowest utility are replaced;
+4. a replaced unit gets incoming weights from its layer's own init distribution, bias 0, outgoing
+   weights 0, utility 0, age 0, and a fresh optimizer state (moments and step). Its running mean
+   activation times its outgoing weights moves into the outgoing bias first, so replacing a unit
+   leaves the network's output unchanged on average.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rl_plasticity.core.methods.base import PlasticityMethod
+from rl_plasticity.core.units import UnitGroup
+
+UTILITIES = ("contribution", "adaptable_contribution", "random")
+
+
+class ContinualBackprop(PlasticityMethod):
+    name = "cbp"
+
+    def __init__(self, groups: list[UnitGroup], optimizer, generators: list[torch.Generator | None],
+                 replacement_rate: float = 1e-4, maturity_threshold: int = 100, decay_rate: float = 0.99,
+                 utility: str = "contribution", transfer_mean_to_bias: bool = True):
+        if utility not in UTILITIES:
+            raise ValueError(f"unknown CBP utility {utility!r}; expected one of {UTILITIES}")
+        if not 0 <= replacement_rate <= 1:
+            raise ValueError(f"CBP replacement_rate must be in [0, 1], got {replacement_rate}")
+        if not 0 <= decay_rate < 1:
+            raise ValueError(f"CBP decay_rate must be in [0, 1), got {decay_rate}")
+        self.groups, self.optimizer, self.generators = groups, optimizer, generators
+        self.replacement_rate, self.maturity_threshold = replacement_rate, maturity_threshold
+        self.decay_rate, self.utility_type, self.transfer_mean_to_bias = decay_rate, utility, transfer_mean_to_bias
+        self.log_decay = math.log(decay_rate) if decay_rate > 0 else -math.inf
+        self.age = [torch.zeros(g.replicas, g.num_units) for g in groups]
+        self.utility = [torch.zeros(g.replicas, g.num_units) for g in groups]
+        self.mean_activation = [torch.zeros(g.replicas, g.num_units) for g in groups]
+        self.accumulator = [torch.zeros(g.replicas, dtype=torch.float64) for g in groups]
+        self.replacements = [torch.zeros(g.replicas, dtype=torch.long) for g in groups]
+
+    def _bias_correction(self, age: torch.Tensor) -> torch.Tensor:
+        return -torch.expm1(age * self.log_decay)  # 1 - d^age, accurate for small ages
+
+    @torch.no_grad()
+    def after_step(self, learner=None) -> None:
+        for i, group in enumerate(self.groups):
+            self._update_group(i, group)
+
+    def _update_group(self, i: int, group: UnitGroup) -> None:
+        d, age = self.decay_rate, self.age[i]
+        age += 1
+        act = group.activation.flatten(3) if group.activation.dim() > 3 else group.activation.unsqueeze(3)
+        # act: [R, B, U, positions]; batch and spatial positions are averaged alike.
+        self.mean_activation[i].mul_(d).add_(act.mean((1, 3)), alpha=1 - d)
+        if self.utility_type == "contribution":
+            instant = group.mean_abs_outgoing() * act.abs().mean((1, 3))
+            self.utility[i].mul_(d).add_(instant, alpha=1 - d)
+        elif self.utility_type == "adaptable_contribution":
+            mean = self.mean_activation[i] / self._bias_correction(age)
+            spread = (act - mean[:, None, :, None]).abs().mean((1, 3))
+            instant = group.mean_abs_outgoing() * spread / group.mean_abs_incoming()
+            self.utility[i].mul_(d).add_(instant, alpha=1 - d)
+
+        eligible = age > self.maturity_threshold
+        n_eligible = eligible.sum(1)
+        if not bool(n_eligible.any()):
+            return
+        acc = self.accumulator[i]
+        acc += self.replacement_rate * n_eligible
+        n_replace = acc.floor()
+        if not bool((n_replace > 0).any()):
+            return
+        acc -= n_replace
+        self._replace(i, group, eligible, n_replace.long())
+
+    def bias_corrected_utility(self, i: int) -> torch.Tensor:
+        return self.utility[i] / self._bias_correction(self.age[i]).clamp_min(1e-12)
+
+    def _choose(self, i: int, eligible: torch.Tensor, n_replace: torch.Tensor) -> torch.Tensor:
+        """Mask [R, U] of the n_replace[r] eligible units of lowest utility in each replica."""
+        mask = torch.zeros_like(eligible)
+        utility = self.bias_corrected_utility(i)
+        for r in (n_replace > 0).nonzero().flatten().tolist():
+            candidates = eligible[r].nonzero().flatten()
+            if self.utility_type == "random":
+                scores = torch.rand(len(candidates), generator=self.generators[r])
+            else:
+                scores = utility[r, candidates]
+            k = min(int(n_replace[r]), len(candidates))
+            # Stable sort: among equal utilities the lowest index goes first, so choices are repeatable.
+            mask[r, candidates[torch.argsort(scores, stable=True)[:k]]] = True
+        return mask
+
+    def _replace(self, i: int, group: UnitGroup, eligible: torch.Tensor, n_replace: torch.Tensor) -> None:
+        mask = self._choose(i, eligible, n_replace)
+        if self.transfer_mean_to_bias:
+            mean = self.mean_activation[i] / self._bias_correction(self.age[i]).clamp_min(1e-12)
+            group.add_to_outgoing_bias(mean * mask)
+        group.reinit(mask, self.generators)
+        for pu in group.all_params():
+            self.optimizer.reset_units(pu, mask)
+        self.utility[i][mask] = 0
+        self.mean_activation[i][mask] = 0
+        self.age[i][mask] = 0
+        self.replacements[i] += mask.sum(1)
+
+    def stats(self) -> dict[str, float]:
+        return {f"{g.name}/replacements": float(self.replacements[i].float().mean())
+                for i, g in enumerate(self.groups)}
+
+    def state_dict(self) -> dict:
+        return {k: [t.clone() for t in getattr(self, k)]
+                for k in ("age", "utility", "mean_activation", "accumulator", "replacements")}
+
+    def load_state_dict(self, sd: dict) -> None:
+        for k, tensors in sd.items():
+            for dst, src in zip(getattr(self, k), tensors):
+                dst.copy_(src)

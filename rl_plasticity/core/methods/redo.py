@@ -1,0 +1,58 @@
+"""ReDo (Sokar et al., 2023): every `every` optimizer steps, reinitialise dormant units.
+
+A unit's score is its mean |activation| over the latest batch divided by the layer's average of
+that quantity; units scoring at most `threshold` are dormant. They get fresh incoming weights from
+the layer's init, outgoing weights 0 and a fresh optimizer state.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rl_plasticity.core.methods.base import PlasticityMethod
+from rl_plasticity.core.units import UnitGroup
+
+
+def redo_scores(activation: torch.Tensor) -> torch.Tensor:
+    """[R, B, U, ...] -> [R, U]: each unit's mean |activation| relative to its layer's mean."""
+    per_unit = activation.abs().transpose(1, 2).flatten(2).mean(2)
+    return per_unit / per_unit.mean(1, keepdim=True).clamp_min(1e-12)
+
+
+class ReDo(PlasticityMethod):
+    name = "redo"
+
+    def __init__(self, groups: list[UnitGroup], optimizer, generators, threshold: float = 0.1, every: int = 100):
+        if threshold < 0:
+            raise ValueError(f"ReDo threshold must be >= 0, got {threshold}")
+        if every < 1:
+            raise ValueError(f"ReDo 'every' must be >= 1, got {every}")
+        self.groups, self.optimizer, self.generators = groups, optimizer, generators
+        self.threshold, self.every = threshold, every
+        self.steps = 0
+        self.resets = [torch.zeros(g.replicas, dtype=torch.long) for g in groups]
+
+    @torch.no_grad()
+    def after_step(self, learner=None) -> None:
+        self.steps += 1
+        if self.steps % self.every:
+            return
+        for i, group in enumerate(self.groups):
+            mask = redo_scores(group.activation) <= self.threshold
+            if not bool(mask.any()):
+                continue
+            group.reinit(mask, self.generators)
+            for pu in group.all_params():
+                self.optimizer.reset_units(pu, mask)
+            self.resets[i] += mask.sum(1)
+
+    def stats(self) -> dict[str, float]:
+        return {f"{g.name}/resets": float(self.resets[i].float().mean()) for i, g in enumerate(self.groups)}
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "resets": [t.clone() for t in self.resets]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.steps = int(sd["steps"])
+        for dst, src in zip(self.resets, sd["resets"]):
+            dst.copy_(src)

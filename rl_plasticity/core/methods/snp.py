@@ -1,0 +1,54 @@
+"""Shrink-and-perturb (Ash & Adams, 2020), applied after every optimizer step:
+    theta <- (1 - shrink) * theta + noise_std * N(0, 1)
+
+Each replica draws its noise from its own generator, in chunks of many steps at once (one draw per
+chunk instead of one per step and tensor); a replica's noise sequence does not depend on how many
+replicas run beside it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rl_plasticity.core.methods.base import PlasticityMethod
+
+CHUNK_STEPS = 256
+
+
+class ShrinkPerturb(PlasticityMethod):
+    name = "snp"
+
+    def __init__(self, params: list[torch.nn.Parameter], generators, shrink: float = 0.0, noise_std: float = 0.0):
+        if not 0 <= shrink < 1:
+            raise ValueError(f"shrink must be in [0, 1), got {shrink}")
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        self.params, self.generators = list(params), generators
+        self.shrink, self.noise_std = shrink, noise_std
+        # Every param has the replica axis first; a replica's slice of all params is one flat vector.
+        self.sizes = [p[0].numel() for p in self.params]
+        self.buffer: torch.Tensor | None = None  # [R, CHUNK_STEPS, sum(sizes)]
+        self.position = CHUNK_STEPS
+
+    def _next_noise(self) -> list[torch.Tensor]:
+        if self.position == CHUNK_STEPS:
+            n = sum(self.sizes)
+            self.buffer = torch.stack([torch.randn(CHUNK_STEPS, n, generator=g) for g in self.generators])
+            self.position = 0
+        flat = self.buffer[:, self.position]
+        self.position += 1
+        return [chunk.reshape(p.shape) for chunk, p in zip(flat.split(self.sizes, dim=1), self.params)]
+
+    @torch.no_grad()
+    def after_step(self, learner=None) -> None:
+        if self.shrink:
+            torch._foreach_mul_(self.params, 1 - self.shrink)
+        if self.noise_std:
+            torch._foreach_add_(self.params, self._next_noise(), alpha=self.noise_std)
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "buffer": None if self.buffer is None else self.buffer.clone()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.position = int(sd["position"])
+        self.buffer = None if sd["buffer"] is None else sd["buffer"].clone()

@@ -1,0 +1,199 @@
+"""Slowly-changing regression trained online through the learner core, all seeds in one batched run.
+
+Seed s's network, data stream and method randomness come from generators derived from s alone, so a
+seed run beside 29 others gives the same numbers as that seed run by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from rl_plasticity.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint_in
+from rl_plasticity.config import OneOf, Range
+from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
+from rl_plasticity.core.layers import INITS
+from rl_plasticity.core.metrics import WeightChange, probe_metrics
+from rl_plasticity.core.networks import ACTIVATIONS, MLP
+from rl_plasticity.errors import UserError
+from rl_plasticity.problems.regression_data import RegressionStream
+from rl_plasticity.progress import GracefulStop, progress_bar
+from rl_plasticity.rundir import atomic_write
+from rl_plasticity.seeding import generators
+from rl_plasticity.tblog import TBLogger
+
+DEFAULTS = {
+    "problem": "regression",
+    "examples": 1_000_000,
+    "bin_size": 20_000,
+    "stream": {"inputs": 20, "slow_bits": 15, "change_every": 10_000, "target_hidden": 100, "beta": 0.7,
+               "flip_one": False},
+    "net": {"hidden": [5], "activation": "relu", "init": "kaiming"},
+    **METHOD_DEFAULTS,
+    "log": {"metrics_every": 20_000, "probe_size": 1000, "checkpoint_every": 100_000},
+}
+
+RULES = {
+    **METHOD_RULES,
+    "examples": Range(low=0, low_open=True),
+    "bin_size": Range(low=0, low_open=True),
+    "stream.inputs": Range(low=1),
+    "stream.slow_bits": Range(low=0),
+    "stream.change_every": Range(low=1),
+    "stream.target_hidden": Range(low=1),
+    "net.activation": OneOf(*ACTIVATIONS),
+    "net.init": OneOf(*INITS),
+    "log.metrics_every": Range(low=1),
+    "log.probe_size": Range(low=1),
+    "log.checkpoint_every": Range(low=1),
+}
+
+
+def check(cfg: dict) -> None:
+    """Constraints that involve several keys."""
+    s = cfg["stream"]
+    if s["slow_bits"] > s["inputs"]:
+        raise UserError(f"config key 'stream.slow_bits' ({s['slow_bits']}) must be <= 'stream.inputs' ({s['inputs']})")
+    if any(not isinstance(h, int) or h < 1 for h in cfg["net"]["hidden"]):
+        raise UserError(f"config key 'net.hidden' must be a list of positive integers, got {cfg['net']['hidden']}")
+    if cfg["log"]["probe_size"] > s["change_every"]:
+        raise UserError("config key 'log.probe_size' must be <= 'stream.change_every' (the probe is drawn from one phase)")
+    for key, value in (("bin_size", cfg["bin_size"]), ("log.metrics_every", cfg["log"]["metrics_every"]),
+                       ("log.checkpoint_every", cfg["log"]["checkpoint_every"])):
+        if value % s["change_every"]:
+            raise UserError(f"config key '{key}' ({value}) must be a multiple of 'stream.change_every' ({s['change_every']})")
+    if cfg["examples"] % cfg["bin_size"]:
+        raise UserError(f"config key 'examples' ({cfg['examples']}) must be a multiple of 'bin_size' ({cfg['bin_size']})")
+
+
+class RegressionRun:
+    """All state of a batched run; `train_chunk` advances every seed by one phase of the stream."""
+
+    def __init__(self, cfg: dict, seeds: list[int]):
+        self.cfg, self.seeds = cfg, seeds
+        s = cfg["stream"]
+        self.stream = RegressionStream(generators(seeds, "data"), inputs=s["inputs"], slow_bits=s["slow_bits"],
+                                       change_every=s["change_every"], target_hidden=s["target_hidden"],
+                                       beta=s["beta"], flip_one=s["flip_one"])
+        n = cfg["net"]
+        self.net = MLP([s["inputs"], *n["hidden"], 1], activation=n["activation"], init=n["init"],
+                       replicas=len(seeds))
+        self.net.reset_parameters(generators(seeds, "init"))
+        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, generators(seeds, "method"))
+        self.examples = 0
+        self.error_sum = torch.zeros(len(seeds), dtype=torch.float64)
+        self.bins: list[list[float]] = []  # per bin, the mean squared error of each seed
+
+    def train_chunk(self, on_bin=None) -> torch.Tensor:
+        """Train on the next `change_every` examples, one example per step. Returns the chunk's inputs."""
+        X, Y = self.stream.next_chunk()
+        xs, ys = X.unsqueeze(2).unbind(1), Y.unsqueeze(2).unbind(1)  # T x [R, 1, in], T x [R, 1]
+        net, learner, error_sum, bin_size = self.net, self.learner, self.error_sum, self.cfg["bin_size"]
+        for x, y in zip(xs, ys):
+            squared = (net(x).squeeze(2) - y).square()  # [R, 1]
+            learner.update(squared.sum())
+            error_sum += squared.detach().squeeze(1)
+        self.examples += len(xs)
+        if self.examples % bin_size == 0:
+            self.bins.append((error_sum / bin_size).tolist())
+            error_sum.zero_()
+            if on_bin:
+                on_bin(self.bins[-1])
+        return X
+
+    def state_dict(self) -> dict:
+        return {"learner": self.learner.state_dict(), "stream": self.stream.state_dict(), "examples": self.examples,
+                "error_sum": self.error_sum.clone(), "bins": self.bins}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.learner.load_state_dict(sd["learner"])
+        self.stream.load_state_dict(sd["stream"])
+        self.examples = int(sd["examples"])
+        self.error_sum.copy_(sd["error_sum"])
+        self.bins = [list(b) for b in sd["bins"]]
+
+
+def summarize(bins: list[list[float]], bin_size: int, window: int = 200_000) -> dict:
+    """Early (first bin) and late (mean over the last `window` examples) error: mean and standard error over seeds."""
+    t = torch.tensor(bins, dtype=torch.float64)  # [bins, seeds]
+    late_bins = max(1, window // bin_size)
+
+    def mean_se(per_seed: torch.Tensor) -> dict:
+        n = per_seed.numel()
+        se = float(per_seed.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+        return {"mean": float(per_seed.mean()), "se": se}
+
+    return {"seeds": t.shape[1], "examples": t.shape[0] * bin_size,
+            "early": mean_se(t[0]), "late": mean_se(t[-late_bins:].mean(0)), "late_window": late_bins * bin_size}
+
+
+class _Logs:
+    """One TensorBoard run per seed (seed_<k>) plus their mean (mean), all with the same tags."""
+
+    def __init__(self, run_dir: Path, seeds: list[int], purge_step: int | None):
+        self.seed_logs = [TBLogger(run_dir / "tb" / f"seed_{s}", purge_step=purge_step) for s in seeds]
+        self.mean_log = TBLogger(run_dir / "tb" / "mean", purge_step=purge_step)
+
+    def per_seed(self, tag: str, values: list[float], step: int) -> None:
+        for log, v in zip(self.seed_logs, values):
+            log.scalar(tag, v, step)
+        self.mean_log.scalar(tag, sum(values) / len(values), step)
+
+    def close(self) -> None:
+        for log in [*self.seed_logs, self.mean_log]:
+            log.close()
+
+
+def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dict:
+    check(cfg)
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead
+    state = RegressionRun(cfg, seeds)
+    if resume:
+        path = latest_checkpoint(run_dir)
+        if path is not None:
+            state.load_state_dict(load_checkpoint(path))
+    logs = _Logs(run_dir, seeds, purge_step=state.examples + 1 if resume else None)
+    weight_change = WeightChange(state.net.parameters())
+    L = cfg["log"]
+    total = cfg["examples"]
+    bar = progress_bar(total=total * len(seeds), desc=f"regression x{len(seeds)} seeds", unit="ex")
+    bar.update(state.examples * len(seeds))
+
+    def log_bin(errors: list[float]) -> None:
+        logs.per_seed("charts/binned_error", errors, state.examples)
+        bar.set_postfix(error=f"{sum(errors) / len(errors):.3f}")
+
+    with GracefulStop() as stop:
+        try:
+            while state.examples < total and not stop.requested:
+                X = state.train_chunk(on_bin=log_bin)
+                bar.update(X.shape[1] * len(seeds))
+                if state.examples % L["metrics_every"] == 0:
+                    _log_metrics(state, X[:, :L["probe_size"]], weight_change, logs)
+                if state.examples % L["checkpoint_every"] == 0 or state.examples == total or stop.requested:
+                    save_checkpoint_in(run_dir, state.examples, state.state_dict())
+        finally:
+            bar.close()
+            logs.close()
+    if stop.requested and state.examples < total:
+        print(f"stopped at {state.examples} examples; continue with --resume {run_dir}")
+        return {}
+    summary = summarize(state.bins, cfg["bin_size"])
+    summary["bins"] = state.bins
+    atomic_write(run_dir / "results.json", json.dumps(summary, indent=1))
+    e, l = summary["early"], summary["late"]
+    print(f"binned squared error over {len(seeds)} seeds: first bin {e['mean']:.3f} +- {e['se']:.3f}, "
+          f"last {summary['late_window']:,} examples {l['mean']:.3f} +- {l['se']:.3f}")
+    return summary
+
+
+def _log_metrics(state: RegressionRun, probe: torch.Tensor, weight_change: WeightChange, logs: _Logs) -> None:
+    step = state.examples
+    for name, values in probe_metrics(state.net, probe).items():
+        logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
+    logs.per_seed("plasticity/net/weight_change", weight_change().tolist(), step)
+    for name, value in state.learner.stats().items():
+        logs.mean_log.scalar(f"plasticity/net/{name}", value, step)

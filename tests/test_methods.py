@@ -1,0 +1,96 @@
+"""ReDo, shrink-and-perturb and the optimizers, on small cases checked by hand."""
+
+import pytest
+import torch
+
+from rl_plasticity.core.methods import ReDo, ShrinkPerturb
+from rl_plasticity.core.methods.redo import redo_scores
+from rl_plasticity.core.metrics import dormant_fraction, effective_rank, stable_rank
+from rl_plasticity.core.networks import MLP
+from rl_plasticity.core.optim import Adam, SGD
+
+
+def test_redo_resets_only_dormant_units():
+    net = MLP([2, 3, 1], activation="relu", init="lecun")
+    opt = Adam(net.parameters(), lr=0.01)
+    opt.step([torch.ones_like(p) for p in net.parameters()])  # some optimizer state to reset
+    with torch.no_grad():
+        net.layers[0].weight[0] = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [0.5, 0.5]])  # unit 1 is dead
+        net.layers[1].weight[0] = torch.tensor([[1.0, 1.0, 1.0]])
+    redo = ReDo(net.groups, opt, [torch.Generator().manual_seed(1)], threshold=0.1, every=2)
+    x = torch.rand(1, 16, 2) + 0.1
+    net(x)
+    scores = redo_scores(net.groups[0].activation)
+    assert scores[0, 1] == 0 and (scores[0, [0, 2]] > 0.1).all()
+    redo.after_step()  # step 1: not yet (every=2)
+    assert net.layers[0].weight[0, 1].tolist() == [-1.0, -1.0]
+    net(x)
+    redo.after_step()
+    assert net.layers[0].weight[0, 1].tolist() != [-1.0, -1.0]
+    assert net.layers[0].weight[0, [0, 2]].tolist() == [[1.0, 1.0], [0.5, 0.5]]
+    assert net.layers[1].weight[0, 0].tolist() == [1.0, 0.0, 1.0]
+    assert opt.state["step"][0][0, 1].tolist() == [0.0, 0.0] and opt.state["step"][0][0, 0].tolist() == [1.0, 1.0]
+    assert redo.resets[0].item() == 1
+
+
+def test_shrink_and_perturb_noise_scale_and_shrink():
+    p = torch.nn.Parameter(torch.zeros(1, 200, 100))
+    snp = ShrinkPerturb([p], [torch.Generator().manual_seed(0)], shrink=0.0, noise_std=0.05)
+    snp.after_step()
+    assert p.detach().std().item() == pytest.approx(0.05, rel=0.03)
+    assert abs(p.detach().mean().item()) < 0.002
+    q = torch.nn.Parameter(torch.ones(1, 10))
+    ShrinkPerturb([q], [None], shrink=0.1, noise_std=0.0).after_step()
+    assert torch.allclose(q.detach(), torch.full((1, 10), 0.9))
+
+
+def test_shrink_and_perturb_noise_does_not_depend_on_other_replicas():
+    def run(seeds):
+        p = torch.nn.Parameter(torch.zeros(len(seeds), 3, 4))
+        snp = ShrinkPerturb([p], [torch.Generator().manual_seed(s) for s in seeds], noise_std=1.0)
+        for _ in range(300):  # crosses a chunk boundary
+            snp.after_step()
+        return p.detach()
+    assert torch.equal(run([5, 7])[1], run([7])[0])
+
+
+def test_adam_matches_torch_adam_with_coupled_weight_decay():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    q = torch.nn.Parameter(p.detach().clone())
+    ours = Adam([p], lr=1e-2, betas=(0.99, 0.99), eps=1e-8, weight_decay=1e-3)
+    ref = torch.optim.Adam([q], lr=1e-2, betas=(0.99, 0.99), eps=1e-8, weight_decay=1e-3)
+    for _ in range(20):
+        g = torch.randn(3, 4)
+        ours.step([g])
+        q.grad = g.clone()
+        ref.step()
+    assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_sgd_matches_torch_sgd():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5))
+    q = torch.nn.Parameter(p.detach().clone())
+    ours = SGD([p], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    ref = torch.optim.SGD([q], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(10):
+        g = torch.randn(5)
+        ours.step([g])
+        q.grad = g.clone()
+        ref.step()
+    assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_metrics_by_hand():
+    # Units: 0 always active, 1 never active, 2 active on 1 of 200 inputs (0.5% <= 1%: dormant).
+    f = torch.zeros(1, 200, 3)
+    f[0, :, 0] = 1.0
+    f[0, 0, 2] = 1.0
+    assert dormant_fraction(f).item() == pytest.approx(2 / 3)
+    # Singular values 3, 1, 0 (diagonal matrix): 99% of 4 needs both -> stable rank 2.
+    d = torch.diag(torch.tensor([3.0, 1.0, 0.0])).unsqueeze(0)
+    assert stable_rank(d).item() == 2
+    p = torch.tensor([0.75, 0.25])
+    assert effective_rank(d).item() == pytest.approx(torch.exp(-(p * p.log()).sum()).item(), rel=1e-5)
+    assert stable_rank(torch.eye(4).unsqueeze(0)).item() == 4
