@@ -3,4 +3,5 @@
 
 PROBLEMS = {
     "regression": "rl_plasticity.problems.regression",
+    "ppo": "rl_plasticity.problems.ppo",
 }

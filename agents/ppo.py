@@ -1,0 +1,166 @@
+"""PPO with a Gaussian policy, separate actor and critic MLPs, trained through the learner core.
+
+One Learner holds the actor, the critic and the state-independent log-std, with one Adam over all
+of them; the actor's and the critic's hidden-unit groups are both handed to the plasticity methods,
+so CBP / ReDo / shrink-and-perturb act on both nets after every minibatch step.
+
+Acting needs no autograd: the actor's weights are read through numpy views that share memory with
+the torch parameters (optimizer steps and unit resets write in place), so a batch-1 forward pass is
+three small matmuls with no torch dispatch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agents.rollout import RolloutBuffer, compute_gae, next_state_values
+from rl_plasticity.core.builders import build_learner
+from rl_plasticity.core.networks import MLP
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The PPO loss became NaN or inf (diverged training)."""
+
+
+@dataclass
+class PPOSettings:
+    epochs: int = 10
+    minibatch_size: int = 128
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    vf_coef: float = 1.0
+    ent_coef: float = 0.0
+    normalize_advantages: bool = True
+    truncation_as_termination: bool = False
+
+
+class PPOAgent:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], activation: str, init: str,
+                 log_std_init: float, settings: PPOSettings, learner_cfg: dict,
+                 init_generator: torch.Generator, method_generators: list[torch.Generator],
+                 minibatch_generator: torch.Generator):
+        self.s = settings
+        self.actor = MLP([obs_dim, *hidden, act_dim], activation=activation, init=init)
+        self.critic = MLP([obs_dim, *hidden, 1], activation=activation, init=init)
+        self.actor.reset_parameters([init_generator])
+        self.critic.reset_parameters([init_generator])
+        # Replica axis first, like every core parameter, so methods treat it alike.
+        self.log_std = torch.nn.Parameter(torch.full((1, act_dim), float(log_std_init)))
+        for net_name, net in (("actor", self.actor), ("critic", self.critic)):
+            for group in net.groups:
+                group.name = f"{net_name}/{group.name}"
+        params = [*self.actor.parameters(), *self.critic.parameters(), self.log_std]
+        self.learner = build_learner(params, self.actor.groups + self.critic.groups, learner_cfg, method_generators)
+        self.method_generators = method_generators
+        self.minibatch_generator = minibatch_generator
+        self._bind_numpy_policy()
+
+    # -- acting ---------------------------------------------------------------------------------------
+
+    def _bind_numpy_policy(self) -> None:
+        self._np_layers = [(layer.weight.detach()[0].numpy(), layer.bias.detach()[0].numpy())
+                           for layer in self.actor.layers]
+        if self.actor.activation_name != "relu":
+            raise ValueError("the numpy policy path implements ReLU only")
+
+    def policy_mean(self, obs: np.ndarray) -> np.ndarray:
+        """Batch-1 actor forward pass in numpy (ReLU hidden layers)."""
+        x = obs
+        last = len(self._np_layers) - 1
+        for i, (w, b) in enumerate(self._np_layers):
+            x = w @ x + b
+            if i < last:
+                np.maximum(x, 0.0, out=x)
+        return x
+
+    def action_std(self) -> np.ndarray:
+        return self.log_std.detach()[0].exp().numpy().copy()
+
+    # -- learning -------------------------------------------------------------------------------------
+
+    def _log_prob(self, mean: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        log_std = self.log_std[0]
+        z = (actions - mean) / log_std.exp()
+        return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (0.5 + _LOG_SQRT_2PI + self.log_std[0]).sum()
+
+    @torch.no_grad()
+    def prepare(self, buf: RolloutBuffer) -> dict[str, torch.Tensor]:
+        """Old log-probs, values, advantages and returns of a filled buffer, all computed in batch."""
+        obs, actions = torch.from_numpy(buf.obs), torch.from_numpy(buf.actions)
+        old_log_prob = self._log_prob(self.actor(obs), actions)
+        truncated_steps = sorted(buf.truncated_obs)
+        extra = [buf.last_obs] + [buf.truncated_obs[t] for t in truncated_steps]
+        all_values = self.critic(torch.cat([obs, torch.from_numpy(np.stack(extra))])).squeeze(-1).double().numpy()
+        values, last_value, truncated_values = all_values[:buf.steps], all_values[buf.steps], all_values[buf.steps + 1:]
+        terminated = buf.terminated | buf.ended if self.s.truncation_as_termination else buf.terminated
+        boot = {} if self.s.truncation_as_termination else dict(zip(truncated_steps, truncated_values.tolist()))
+        next_values = next_state_values(values, float(last_value), buf.ended, boot)
+        advantages, returns = compute_gae(buf.rewards, values, next_values, terminated, buf.ended,
+                                          self.s.gamma, self.s.gae_lambda)
+        return {"obs": obs, "actions": actions, "old_log_prob": old_log_prob,
+                "advantages": torch.from_numpy(advantages).float(), "returns": torch.from_numpy(returns).float(),
+                "values": torch.from_numpy(values).float()}
+
+    def update(self, buf: RolloutBuffer) -> dict[str, float]:
+        """10 epochs x (T / minibatch_size) minibatch steps on one rollout; returns loss statistics."""
+        s = self.s
+        data = self.prepare(buf)
+        obs, actions, old_lp, adv_all, ret_all = (data[k] for k in ("obs", "actions", "old_log_prob",
+                                                                    "advantages", "returns"))
+        n = obs.shape[0]
+        stats = torch.zeros(s.epochs * (n // s.minibatch_size), 4)  # policy loss, value loss, kl, clipped
+        row = 0
+        for _ in range(s.epochs):
+            order = torch.randperm(n, generator=self.minibatch_generator)
+            for start in range(0, n - s.minibatch_size + 1, s.minibatch_size):
+                idx = order[start:start + s.minibatch_size]
+                adv = adv_all[idx]
+                if s.normalize_advantages:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                log_ratio = self._log_prob(self.actor(obs[idx]), actions[idx]) - old_lp[idx]
+                ratio = log_ratio.exp()
+                policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - s.clip, 1 + s.clip)).mean()
+                value_loss = (self.critic(obs[idx]).squeeze(-1) - ret_all[idx]).square().mean()
+                loss = policy_loss + s.vf_coef * value_loss
+                if s.ent_coef:
+                    loss = loss - s.ent_coef * self.entropy()
+                if not math.isfinite(loss.item()):
+                    raise NonFiniteLoss(f"PPO loss is {loss.item()} (policy {policy_loss.item()}, "
+                                        f"value {value_loss.item()})")
+                self.learner.update(loss)
+                with torch.no_grad():
+                    stats[row, 0], stats[row, 1] = policy_loss, value_loss
+                    stats[row, 2] = ((ratio - 1) - log_ratio).mean()  # low-variance KL estimate
+                    stats[row, 3] = ((ratio - 1).abs() > s.clip).float().mean()
+                row += 1
+        self.learner.end_epoch()
+        policy_loss, value_loss, kl, clip_fraction = stats[:row].mean(0).tolist()
+        values, returns = data["values"], data["returns"]
+        var = returns.var().item()
+        explained = float("nan") if var == 0 else 1 - (returns - values).var().item() / var
+        return {"policy_loss": policy_loss, "value_loss": value_loss, "approx_kl": kl,
+                "clip_fraction": clip_fraction, "entropy": self.entropy().item(), "explained_variance": explained}
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"learner": self.learner.state_dict(),
+                "method_generators": [g.get_state() for g in self.method_generators],
+                "minibatch_generator": self.minibatch_generator.get_state()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.learner.load_state_dict(sd["learner"])
+        for g, state in zip(self.method_generators, sd["method_generators"]):
+            g.set_state(state)
+        self.minibatch_generator.set_state(sd["minibatch_generator"])
+        self._bind_numpy_policy()

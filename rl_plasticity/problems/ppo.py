@@ -1,0 +1,288 @@
+"""PPO on (non-stationary) MuJoCo tasks: config, training loop, logging, checkpoints and resume.
+
+One seed per process: on 2 cores a second seed is best run as a second process. Checkpoints are
+taken between rollouts and hold everything needed to continue exactly (learner, RNGs, the env's
+simulator state and schedule, normalisers, counters), so a stopped and resumed run gives the same
+numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rl_plasticity.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint_in
+from rl_plasticity.config import OneOf, Range
+from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES
+from rl_plasticity.core.layers import INITS
+from rl_plasticity.core.metrics import WeightChange, probe_metrics
+from rl_plasticity.errors import UserError
+from rl_plasticity.progress import GracefulStop, progress_bar
+from rl_plasticity.rundir import atomic_write
+from rl_plasticity.seeding import derive_seed, generators
+from rl_plasticity.tblog import TBLogger
+
+DEFAULTS = {
+    "problem": "ppo",
+    "total_steps": 20_000_000,
+    "env": {
+        "id": "rl_plasticity/FrictionAnt-v0",
+        "change_every": None,  # env steps between physics changes (non-stationary envs only); None: env default
+        "value_range": None,  # [low, high] of the log-uniform draws; None: env default
+        "max_episode_steps": None,  # None: the env's registered time limit
+        "kwargs": {},  # passed to gym.make (e.g. terminate_when_unhealthy: false)
+    },
+    "ppo": {
+        "rollout_steps": 2048,
+        "epochs": 10,
+        "minibatch_size": 128,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "clip": 0.2,
+        "vf_coef": 1.0,
+        "ent_coef": 0.0,
+        "normalize_advantages": True,
+        "truncation_as_termination": False,  # True: the paper's behaviour (no bootstrap at time limits)
+        "log_std_init": 0.0,
+        "normalize_obs": False,
+        "normalize_reward": False,
+        "clip_obs": 10.0,
+        "clip_reward": 10.0,
+    },
+    "net": {"hidden": [256, 256], "activation": "relu", "init": "lecun"},
+    **METHOD_DEFAULTS,
+    "log": {"metrics_every": 50_000, "probe_size": 2048, "checkpoint_every": 500_000, "return_window": 20},
+    "torch_threads": 1,
+}
+DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "name": "adam", "lr": 1e-4}
+
+RULES = {
+    **METHOD_RULES,
+    "total_steps": Range(low=0, low_open=True),
+    "env.change_every": Range(low=1),
+    "env.max_episode_steps": Range(low=1),
+    "ppo.rollout_steps": Range(low=2),
+    "ppo.epochs": Range(low=1),
+    "ppo.minibatch_size": Range(low=2),
+    "ppo.gamma": Range(low=0, high=1),
+    "ppo.gae_lambda": Range(low=0, high=1),
+    "ppo.clip": Range(low=0, low_open=True),
+    "ppo.vf_coef": Range(low=0),
+    "ppo.ent_coef": Range(low=0),
+    "ppo.clip_obs": Range(low=0, low_open=True),
+    "ppo.clip_reward": Range(low=0, low_open=True),
+    "net.activation": OneOf("relu"),
+    "net.init": OneOf(*INITS),
+    "log.metrics_every": Range(low=1),
+    "log.probe_size": Range(low=1),
+    "log.checkpoint_every": Range(low=1),
+    "log.return_window": Range(low=1),
+    "torch_threads": Range(low=1),
+}
+
+
+def check(cfg: dict) -> None:
+    """Constraints that involve several keys or the installed envs."""
+    import gymnasium as gym
+
+    import envs
+
+    env = cfg["env"]
+    if env["id"] not in gym.registry:
+        known = sorted(k for k in gym.registry if "Ant" in k or k.startswith("rl_plasticity/"))
+        raise UserError(f"config key 'env.id': unknown gymnasium env {env['id']!r} (e.g. {', '.join(known)})")
+    ours = env["id"] in envs.REGISTERED_IDS
+    for key in ("change_every", "value_range"):
+        if env[key] is not None and not ours:
+            raise UserError(f"config key 'env.{key}' applies only to the non-stationary envs "
+                            f"{list(envs.REGISTERED_IDS)}, not {env['id']!r}")
+    vr = env["value_range"]
+    if vr is not None and (not isinstance(vr, list) or len(vr) != 2
+                           or not all(isinstance(v, (int, float)) and v > 0 for v in vr) or vr[0] > vr[1]):
+        raise UserError(f"config key 'env.value_range' must be [low, high] with 0 < low <= high, got {vr!r}")
+    hidden = cfg["net"]["hidden"]
+    if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
+        raise UserError(f"config key 'net.hidden' must be a non-empty list of positive integers, got {hidden!r}")
+    p = cfg["ppo"]
+    if p["rollout_steps"] % p["minibatch_size"]:
+        raise UserError(f"config key 'ppo.rollout_steps' ({p['rollout_steps']}) must be a multiple of "
+                        f"'ppo.minibatch_size' ({p['minibatch_size']})")
+    if cfg["optimizer"]["name"] != "adam":
+        raise UserError("config key 'optimizer.name' must be 'adam' for PPO (the paper's learners all use Adam)")
+
+
+def make_env(cfg: dict):
+    import gymnasium as gym
+
+    import envs
+
+    env_cfg = cfg["env"]
+    kwargs = dict(env_cfg["kwargs"])
+    if env_cfg["id"] in envs.REGISTERED_IDS:
+        if env_cfg["change_every"] is not None:
+            kwargs["change_every"] = env_cfg["change_every"]
+        if env_cfg["value_range"] is not None:
+            kwargs["value_range"] = tuple(env_cfg["value_range"])
+    try:
+        env = gym.make(env_cfg["id"], disable_env_checker=True, **kwargs)
+    except TypeError as e:
+        raise UserError(f"config key 'env.kwargs' does not suit {env_cfg['id']!r}: {e}") from None
+    limit = env_cfg["max_episode_steps"] or (env.spec.max_episode_steps if env.spec else None) or 1_000_000_000
+    return env, limit
+
+
+class PPORun:
+    """Everything one seed's run holds; `train_update` collects one rollout and learns from it."""
+
+    def __init__(self, cfg: dict, seed: int):
+        from agents.env_runner import EnvRunner
+        from agents.ppo import PPOAgent, PPOSettings
+        from agents.rollout import RolloutBuffer
+
+        self.cfg, self.seed = cfg, seed
+        p = cfg["ppo"]
+        env, limit = make_env(cfg)
+        self.runner = EnvRunner(env, limit, seed=derive_seed(seed, "env"), noise_seed=derive_seed(seed, "sample"),
+                                normalize_obs=p["normalize_obs"], normalize_reward=p["normalize_reward"],
+                                gamma=p["gamma"], clip_obs=p["clip_obs"], clip_reward=p["clip_reward"])
+        settings = PPOSettings(epochs=p["epochs"], minibatch_size=p["minibatch_size"], gamma=p["gamma"],
+                               gae_lambda=p["gae_lambda"], clip=p["clip"], vf_coef=p["vf_coef"],
+                               ent_coef=p["ent_coef"], normalize_advantages=p["normalize_advantages"],
+                               truncation_as_termination=p["truncation_as_termination"])
+        n = cfg["net"]
+        self.agent = PPOAgent(self.runner.obs_dim, self.runner.act_dim, n["hidden"], n["activation"], n["init"],
+                              p["log_std_init"], settings, cfg, init_generator=generators([seed], "init")[0],
+                              method_generators=generators([seed], "method"),
+                              minibatch_generator=torch.Generator().manual_seed(derive_seed(seed, "data")))
+        self.buffer = RolloutBuffer(p["rollout_steps"], self.runner.obs_dim, self.runner.act_dim)
+        self.updates = 0
+        self.probe: torch.Tensor | None = None  # raw observations of the first rollout
+        self.returns: deque[float] = deque(maxlen=cfg["log"]["return_window"])
+
+    @property
+    def steps(self) -> int:
+        return self.runner.steps
+
+    def train_update(self):
+        """One rollout and one PPO update. Returns (episodes finished, loss statistics)."""
+        episodes, raw_seen = self.runner.collect(self.buffer, self.agent.policy_mean, self.agent.action_std())
+        if self.probe is None:
+            self.probe = torch.from_numpy(raw_seen[: self.cfg["log"]["probe_size"]].copy())
+        losses = self.agent.update(self.buffer)
+        self.updates += 1
+        self.returns.extend(e.ret for e in episodes)
+        return episodes, losses
+
+    def state_dict(self) -> dict:
+        return {"config": json.dumps(self.cfg, sort_keys=True), "seed": self.seed, "updates": self.updates,
+                "agent": self.agent.state_dict(), "env": self.runner.state_dict(), "probe": self.probe,
+                "returns": list(self.returns)}
+
+    def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
+        saved = json.loads(sd["config"])
+        if saved != json.loads(json.dumps(self.cfg, sort_keys=True)) or sd["seed"] != self.seed:
+            diff = sorted(_differences(saved, self.cfg))
+            what = f"keys {', '.join(diff[:5])}" if diff else f"seed {sd['seed']} vs {self.seed}"
+            raise UserError(f"{source} belongs to another run configuration ({what} differ); "
+                            "resume it from its own run directory")
+        self.updates = int(sd["updates"])
+        self.agent.load_state_dict(sd["agent"])
+        self.runner.load_state_dict(sd["env"])
+        self.probe = sd["probe"]
+        self.returns.clear()
+        self.returns.extend(float(r) for r in sd["returns"])
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in set(a) | set(b):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.") if k in a and k in b else [prefix + str(k)]
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _metric_tag(net: str, key: str) -> str:
+    """probe_metrics keys are 'actor/layer0/stable_rank' (groups) or 'layer2/mean_abs_weight' (layers)."""
+    key = key[len(net) + 1:] if key.startswith(net + "/") else key
+    return f"plasticity/{net}/{key}"
+
+
+def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dict:
+    from agents.ppo import NonFiniteLoss
+
+    check(cfg)
+    if len(seeds) != 1:
+        raise UserError(f"ppo runs one seed per process (got {len(seeds)}); use --seed K and one process per seed")
+    torch.set_num_threads(cfg["torch_threads"])
+    state = PPORun(cfg, seeds[0])
+    if resume:
+        path = latest_checkpoint(run_dir)
+        if path is not None:
+            state.load_state_dict(load_checkpoint(path), source=f"checkpoint {path}")
+    log = TBLogger(run_dir / "tb", purge_step=state.steps + 1 if resume else None)
+    weights = {"actor": WeightChange(state.agent.actor.parameters()),
+               "critic": WeightChange(state.agent.critic.parameters())}
+    L, total = cfg["log"], cfg["total_steps"]
+    kind = state.runner.physics_kind
+    chart = {"friction": "charts/friction", "mass_scale": "charts/mass"}.get(kind)
+    bar = progress_bar(total=total, desc=f"ppo {cfg['env']['id'].split('/')[-1]} seed {seeds[0]}", unit="step",
+                       initial=state.steps)
+    last_ckpt, last_metrics = state.steps // L["checkpoint_every"], state.steps // L["metrics_every"]
+    with GracefulStop() as stop:
+        try:
+            while state.steps < total and not stop.requested:
+                start = time.perf_counter()
+                try:
+                    episodes, losses = state.train_update()
+                except NonFiniteLoss as e:
+                    raise UserError(f"training diverged at step {state.steps} (update {state.updates + 1}): {e}; "
+                                    "no checkpoint was written for it - try a smaller optimizer.lr") from None
+                step = state.steps
+                sps = state.buffer.steps / (time.perf_counter() - start)
+                for ep in episodes:
+                    log.scalar("charts/episodic_return", ep.ret, ep.step)
+                    log.scalar("charts/episodic_length", ep.length, ep.step)
+                log.scalar("charts/sps", sps, step)
+                if chart:
+                    log.scalar(chart, state.runner.physics_value, step)
+                log.scalars(losses, step, prefix="losses")
+                for key, value in state.agent.learner.stats().items():
+                    method, net, layer, stat = key.split("/")
+                    log.scalar(f"plasticity/{net}/{layer}/{method}_{stat}", value, step)
+                if step // L["metrics_every"] != last_metrics:
+                    last_metrics = step // L["metrics_every"]
+                    _log_probe_metrics(state, weights, log, step)
+                bar.update(state.buffer.steps)
+                postfix = {"ret": f"{np.mean(state.returns):.0f}" if state.returns else "-"}
+                if kind:
+                    postfix[kind] = f"{state.runner.physics_value:.3g}"
+                bar.set_postfix(postfix, refresh=False)
+                if step // L["checkpoint_every"] != last_ckpt or step >= total or stop.requested:
+                    last_ckpt = step // L["checkpoint_every"]
+                    save_checkpoint_in(run_dir, step, state.state_dict())
+        finally:
+            bar.close()
+            log.close()
+    if stop.requested and state.steps < total:
+        print(f"stopped at {state.steps} steps; continue with --resume {run_dir}")
+        return {}
+    summary = {"steps": state.steps, "updates": state.updates,
+               "recent_return": float(np.mean(state.returns)) if state.returns else None}
+    atomic_write(run_dir / "results.json", json.dumps(summary, indent=1))
+    print(f"done: {state.steps} steps, mean return of the last {len(state.returns)} episodes: "
+          f"{summary['recent_return'] if summary['recent_return'] is not None else 'n/a'}")
+    return summary
+
+
+def _log_probe_metrics(state: PPORun, weights: dict, log: TBLogger, step: int) -> None:
+    probe = torch.from_numpy(state.runner.normalize_probe(state.probe.numpy()))
+    for name, net in (("actor", state.agent.actor), ("critic", state.agent.critic)):
+        for key, value in probe_metrics(net, probe).items():
+            log.scalar(_metric_tag(name, key), value[0], step)
+        log.scalar(f"plasticity/{name}/weight_change", weights[name]()[0], step)
