@@ -82,7 +82,8 @@ class RegressionRun:
         self.net = MLP([s["inputs"], *n["hidden"], 1], activation=n["activation"], init=n["init"],
                        replicas=len(seeds))
         self.net.reset_parameters(generators(seeds, "init"))
-        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, generators(seeds, "method"))
+        self.method_generators = generators(seeds, "method")
+        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators)
         self.examples = 0
         self.error_sum = torch.zeros(len(seeds), dtype=torch.float64)
         self.bins: list[list[float]] = []  # per bin, the mean squared error of each seed
@@ -106,11 +107,14 @@ class RegressionRun:
 
     def state_dict(self) -> dict:
         return {"learner": self.learner.state_dict(), "stream": self.stream.state_dict(), "examples": self.examples,
+                "method_generators": [g.get_state() for g in self.method_generators],
                 "error_sum": self.error_sum.clone(), "bins": self.bins}
 
     def load_state_dict(self, sd: dict) -> None:
         self.learner.load_state_dict(sd["learner"])
         self.stream.load_state_dict(sd["stream"])
+        for g, state in zip(self.method_generators, sd["method_generators"]):
+            g.set_state(state)
         self.examples = int(sd["examples"])
         self.error_sum.copy_(sd["error_sum"])
         self.bins = [list(b) for b in sd["bins"]]

@@ -3,8 +3,10 @@
 Inputs are `inputs` bits: the first `slow_bits` stay fixed for `change_every` examples and are then
 re-drawn (or, with flip_one, one of them flips), the rest are random every example. The target is a
 fixed random network of linear threshold units: weights and biases in {-1, +1}; unit i fires when
-its input sum exceeds beta * (inputs + 1) - S_i, S_i being the number of its negative input weights
-(bias included); the output sums the fired units with weights in {-1, +1}, plus a bias in {-1, +1}.
+w_i.x + b_i exceeds beta * (inputs + 1) - S_i with S_i = (inputs - sum(w_i) + b_i) / 2, i.e. the
+number of its negative input weights shifted by half its bias, exactly as the paper's reference
+implementation computes it (the paper's numbers come from it); the output sums the fired units
+with weights in {-1, +1}, plus a bias in {-1, +1}.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ class RegressionStream:
             w, b = _signs((target_hidden, inputs), g), _signs((target_hidden,), g)
             self.w.append(w), self.b.append(b)
             self.v.append(_signs((target_hidden,), g)), self.c.append(_signs((), g))
-            negatives = (w < 0).sum(1) + (b < 0)
-            self.tau.append(beta * (inputs + 1) - negatives)
+            self.tau.append(beta * (inputs + 1) - (inputs - w.sum(1) + b) / 2)
         self.slow = [torch.randint(0, 2, (slow_bits,), generator=g).float() for g in generators]
         self.chunks_drawn = 0
 
