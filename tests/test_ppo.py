@@ -206,3 +206,17 @@ def test_nan_loss_is_a_user_error_and_writes_no_checkpoint(tmp_path, capsys):
                  *overrides(TINY + ["optimizer.lr=1e30"])) == 2
     assert "training diverged" in capsys.readouterr().err
     assert list_checkpoints(tmp_path / "r") == []
+
+
+@pytest.mark.parametrize("env_id", ["rl_plasticity/MassAnt-v0", "rl_plasticity/FrictionAnt-v0", "Ant-v5"])
+def test_env_state_restores_mid_episode_exactly(env_id):
+    schedule = {"change_every": 40} if env_id.startswith("rl_plasticity/") else {}
+    cfg = validate({"env": {"id": env_id, "max_episode_steps": 70, **schedule}, "net": {"hidden": [8, 8]},
+                    "ppo": {"rollout_steps": 50, "minibatch_size": 10, "epochs": 1}}, DEFAULTS)
+    a, b = PPORun(cfg, seed=1), PPORun(cfg, seed=2)
+    a.runner.collect(a.buffer, a.agent.policy_mean, a.agent.action_std())  # stops mid-episode
+    b.load_state_dict({**a.state_dict(), "seed": 2})
+    for run in (a, b):
+        run.runner.collect(run.buffer, run.agent.policy_mean, run.agent.action_std())
+    assert np.array_equal(a.buffer.obs, b.buffer.obs) and np.array_equal(a.buffer.rewards, b.buffer.rewards)
+    assert a.runner.physics_value == b.runner.physics_value

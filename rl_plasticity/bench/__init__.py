@@ -8,4 +8,5 @@ JSON object on the last line when --json is given.
 BENCHES = {
     "regression": "rl_plasticity.bench.regression",
     "envs": "rl_plasticity.bench.envs",
+    "ppo": "rl_plasticity.bench.ppo",
 }
