@@ -4,6 +4,10 @@ One Learner holds the actor, the critic and the state-independent log-std, with 
 of them; the actor's and the critic's hidden-unit groups are both handed to the plasticity methods,
 so CBP / ReDo / shrink-and-perturb act on both nets after every minibatch step.
 
+Loss details: advantages are normalised per minibatch (as SB3 and CleanRL do); the value loss is
+vf_coef x the mean squared error (SB3's form, no 1/2); the policy's entropy enters the loss only
+with ent_coef > 0 (the paper uses none).
+
 Acting needs no autograd: the actor's weights are read through numpy views that share memory with
 the torch parameters (optimizer steps and unit resets write in place), so a batch-1 forward pass is
 three small matmuls with no torch dispatch.

@@ -165,8 +165,10 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     _assert_same_state(a["agent"], b["agent"])  # parameters, Adam moments/steps, CBP/ReDo/SnP state, RNGs
     _assert_same_state(a["env"], b["env"])
     assert a["returns"] == b["returns"]
-    returns = read_scalars(stopped / "tb")["charts/episodic_return"]
-    assert returns == read_scalars(straight / "tb")["charts/episodic_return"]
+    logged_a, logged_b = read_scalars(straight / "tb"), read_scalars(stopped / "tb")
+    for tag in ("charts/episodic_return", "losses/value_loss", "plasticity/actor/weight_change",
+                "plasticity/critic/layer1/stable_rank", "plasticity/actor/layer0/cbp_replacements"):
+        assert logged_a[tag] == logged_b[tag], tag
 
 
 # --------------------------------------------------------------------------- bad input

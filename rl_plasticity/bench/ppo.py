@@ -1,7 +1,7 @@
 """PPO env-steps/s: ours vs Stable-Baselines3 with identical settings, and ours with CBP on vs off.
 
 Settings shared by both (the paper's): one Ant-v5 env, 2048-step rollouts, 10 epochs x 16 minibatches
-of 128, 256x256 ReLU actor and critic, Adam lr 1e-4 (eps 1e-8), no entropy bonus, GAE 0.99/0.95,
+of 128, 256x256 ReLU actor and critic with LeCun-uniform init, Adam lr 1e-4 (eps 1e-8), no entropy bonus, GAE 0.99/0.95,
 clip 0.2, value coefficient 1, no gradient clipping, one torch thread. The runs go one after the
 other in this process; each time covers acting and learning, not building the model. Other load on
 the machine slows all runs alike only if it is steady: compare ratios from one invocation.
@@ -37,6 +37,21 @@ def _ours(steps: int, seed: int, cbp: bool) -> float:
     return run.steps / (time.perf_counter() - start)
 
 
+def lecun_uniform_(module) -> None:
+    """Give every Linear layer of an SB3 policy our init: U(+-sqrt(3/fan_in)), biases 0 (the paper's)."""
+    import math
+
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                bound = math.sqrt(3.0 / layer.in_features)
+                layer.weight.uniform_(-bound, bound)
+                layer.bias.zero_()
+
+
 def _sb3(steps: int, seed: int) -> float:
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
@@ -48,6 +63,7 @@ def _sb3(steps: int, seed: int) -> float:
                 normalize_advantage=True, seed=seed, device="cpu", verbose=0,
                 policy_kwargs={"net_arch": {"pi": [256, 256], "vf": [256, 256]}, "activation_fn": nn.ReLU,
                                "log_std_init": 0.0, "ortho_init": False, "optimizer_kwargs": {"eps": 1e-8}})
+    lecun_uniform_(model.policy)
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     return model.num_timesteps / (time.perf_counter() - start)

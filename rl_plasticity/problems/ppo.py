@@ -1,6 +1,8 @@
 """PPO on (non-stationary) MuJoCo tasks: config, training loop, logging, checkpoints and resume.
 
-One seed per process: on 2 cores a second seed is best run as a second process. Checkpoints are
+One seed per process: on 2 cores a second seed is best run as a second process. The agent is not
+told when the physics changes (as in the paper), so methods' task-switch hooks are not called.
+Checkpoints are
 taken between rollouts and hold everything needed to continue exactly (learner, RNGs, the env's
 simulator state and schedule, normalisers, counters), so a stopped and resumed run gives the same
 numbers as an uninterrupted one.
@@ -163,6 +165,9 @@ class PPORun:
         self.updates = 0
         self.probe: torch.Tensor | None = None  # raw observations of the first rollout
         self.returns: deque[float] = deque(maxlen=cfg["log"]["return_window"])
+        # |weight change| since the previous metrics point; its reference weights go into checkpoints.
+        self.weight_change = {"actor": WeightChange(self.agent.actor.parameters()),
+                              "critic": WeightChange(self.agent.critic.parameters())}
 
     @property
     def steps(self) -> int:
@@ -181,7 +186,8 @@ class PPORun:
     def state_dict(self) -> dict:
         return {"config": json.dumps(self.cfg, sort_keys=True), "seed": self.seed, "updates": self.updates,
                 "agent": self.agent.state_dict(), "env": self.runner.state_dict(), "probe": self.probe,
-                "returns": list(self.returns)}
+                "returns": list(self.returns),
+                "weight_change_ref": {k: [t.clone() for t in w.previous] for k, w in self.weight_change.items()}}
 
     def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
         saved = json.loads(sd["config"])
@@ -196,6 +202,8 @@ class PPORun:
         self.probe = sd["probe"]
         self.returns.clear()
         self.returns.extend(float(r) for r in sd["returns"])
+        for k, w in self.weight_change.items():
+            w.previous = [t.clone() for t in sd["weight_change_ref"][k]]
 
 
 def _differences(a, b, prefix: str = "") -> list[str]:
@@ -226,8 +234,6 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
         if path is not None:
             state.load_state_dict(load_checkpoint(path), source=f"checkpoint {path}")
     log = TBLogger(run_dir / "tb", purge_step=state.steps + 1 if resume else None)
-    weights = {"actor": WeightChange(state.agent.actor.parameters()),
-               "critic": WeightChange(state.agent.critic.parameters())}
     L, total = cfg["log"], cfg["total_steps"]
     kind = state.runner.physics_kind
     chart = {"friction": "charts/friction", "mass_scale": "charts/mass"}.get(kind)
@@ -257,7 +263,7 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
                     log.scalar(f"plasticity/{net}/{layer}/{method}_{stat}", value, step)
                 if step // L["metrics_every"] != last_metrics:
                     last_metrics = step // L["metrics_every"]
-                    _log_probe_metrics(state, weights, log, step)
+                    _log_probe_metrics(state, log, step)
                 bar.update(state.buffer.steps)
                 postfix = {"ret": f"{np.mean(state.returns):.0f}" if state.returns else "-"}
                 if kind:
@@ -280,9 +286,9 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
     return summary
 
 
-def _log_probe_metrics(state: PPORun, weights: dict, log: TBLogger, step: int) -> None:
+def _log_probe_metrics(state: PPORun, log: TBLogger, step: int) -> None:
     probe = torch.from_numpy(state.runner.normalize_probe(state.probe.numpy()))
     for name, net in (("actor", state.agent.actor), ("critic", state.agent.critic)):
         for key, value in probe_metrics(net, probe).items():
             log.scalar(_metric_tag(name, key), value[0], step)
-        log.scalar(f"plasticity/{name}/weight_change", weights[name]()[0], step)
+        log.scalar(f"plasticity/{name}/weight_change", state.weight_change[name]()[0], step)
