@@ -4,8 +4,9 @@ Both learn with the paper's PPO settings (see rl_plasticity/bench/ppo.py for the
 same seeds; the script reports the mean episodic return over each run's last episodes (mean and
 standard error over seeds), the env-steps/s of each, and writes docs/compare_sb3.{md,json,png}.
 
-    python scripts/compare_sb3.py --steps 1000000 --seeds 3     # a real check: hours on 2 cores
-    python scripts/compare_sb3.py --steps 20480 --seeds 1       # smoke: about a minute
+    python scripts/compare_sb3.py run --impl ours --seed 0 --steps 2000000   # one run; run several at once
+    python scripts/compare_sb3.py run --impl sb3 --seed 0 --steps 2000000
+    python scripts/compare_sb3.py report                                      # merge into docs/
 """
 
 from __future__ import annotations
@@ -25,19 +26,6 @@ CAVEAT = ("Too short to judge learning: in the first ~100k steps of Ant the retu
           "Use it as a smoke check; judge parity from runs of 1M+ steps.")
 
 
-def run_ours(steps: int, seed: int) -> tuple[list[tuple[int, float]], float]:
-    from rl_plasticity.config import validate
-    from rl_plasticity.problems.ppo import DEFAULTS, PPORun
-
-    run = PPORun(validate({"env": {"id": "Ant-v5"}, "total_steps": steps}, DEFAULTS), seed)
-    curve: list[tuple[int, float]] = []
-    start = time.perf_counter()
-    while run.steps < steps:
-        episodes, _ = run.train_update()
-        curve += [(e.step, e.ret) for e in episodes]
-    return curve, run.steps / (time.perf_counter() - start)
-
-
 def lecun_uniform_(module) -> None:
     """Give every Linear layer of an SB3 policy our init: U(+-sqrt(3/fan_in)), biases 0 (the paper's)."""
     import math
@@ -53,7 +41,7 @@ def lecun_uniform_(module) -> None:
                 layer.bias.zero_()
 
 
-def run_sb3(steps: int, seed: int) -> tuple[list[tuple[int, float]], float]:
+def run_sb3(steps: int, seed: int):
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
@@ -79,7 +67,51 @@ def run_sb3(steps: int, seed: int) -> tuple[list[tuple[int, float]], float]:
     lecun_uniform_(model.policy)
     start = time.perf_counter()
     model.learn(total_timesteps=steps, callback=callback)
-    return callback.curve, model.num_timesteps / (time.perf_counter() - start)
+    return callback.curve, model.num_timesteps / (time.perf_counter() - start), model
+
+
+def forward_velocity(act, seed: int, episodes: int = 5) -> float:
+    """Mean x-velocity of the trained policy (stochastic, as in training) over a few fresh episodes."""
+    import gymnasium as gym
+
+    env = gym.make("Ant-v5")
+    velocities = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=10_000 + 100 * seed + episode)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(np.clip(act(obs), -1.0, 1.0))
+            velocities.append(float(info["x_velocity"]))
+            done = terminated or truncated
+    return float(np.mean(velocities))
+
+
+def run_job(impl: str, steps: int, seed: int, out: Path) -> None:
+    """One (implementation, seed) run; writes out/<impl>_seed<k>.json. Jobs can run in parallel."""
+    torch.set_num_threads(1)
+    if impl == "ours":
+        from rl_plasticity.config import validate
+        from rl_plasticity.problems.ppo import DEFAULTS, PPORun
+
+        run = PPORun(validate({"env": {"id": "Ant-v5"}, "total_steps": steps}, DEFAULTS), seed)
+        curve: list[tuple[int, float]] = []
+        start = time.perf_counter()
+        while run.steps < steps:
+            episodes, _ = run.train_update()
+            curve += [(e.step, e.ret) for e in episodes]
+        sps = run.steps / (time.perf_counter() - start)
+        rng = np.random.default_rng(seed)
+        agent = run.agent
+        std = agent.action_std()
+        velocity = forward_velocity(lambda o: agent.policy_mean(np.asarray(o, np.float32)) +
+                                    std * rng.standard_normal(std.shape), seed)
+    else:
+        curve, sps, model = run_sb3(steps, seed)
+        velocity = forward_velocity(lambda o: model.predict(o, deterministic=False)[0], seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{impl}_seed{seed}.json").write_text(json.dumps(
+        {"impl": impl, "seed": seed, "steps": steps, "sps": sps, "forward_velocity": velocity, "curve": curve}))
+    print(f"{impl} seed {seed}: {len(curve)} episodes, {sps:.0f} env-steps/s, forward velocity {velocity:.2f}")
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -87,57 +119,87 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else float("nan")
 
 
+def binned(curve: list[tuple[int, float]], steps: int, width: int) -> np.ndarray:
+    """Mean return of the episodes ending in each `width`-step bin (NaN where none ended)."""
+    edges = np.arange(0, steps + width, width)
+    x = np.array([s for s, _ in curve])
+    y = np.array([r for _, r in curve])
+    return np.array([y[(x > a) & (x <= b)].mean() if ((x > a) & (x <= b)).any() else np.nan
+                     for a, b in zip(edges[:-1], edges[1:])])
+
+
+def report(job_dir: Path, out: Path, last: int) -> None:
+    jobs = [json.loads(p.read_text()) for p in sorted(job_dir.glob("*_seed*.json"))]
+    if not jobs:
+        raise SystemExit(f"no job results in {job_dir}")
+    steps = jobs[0]["steps"]
+    seeds = sorted({j["seed"] for j in jobs})
+    results: dict[str, dict] = {}
+    for impl in ("ours", "sb3"):
+        mine = [j for j in jobs if j["impl"] == impl]
+        finals = [float(np.mean([r for _, r in j["curve"][-last:]])) for j in mine]
+        results[impl] = {"final_return": mean_se(finals), "sps": mean_se([j["sps"] for j in mine]),
+                         "forward_velocity": mean_se([j["forward_velocity"] for j in mine]), "runs": len(mine)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare_sb3.json").write_text(json.dumps({"steps": steps, "seeds": seeds, **results}, indent=1))
+    lines = ["# Our PPO vs SB3 PPO on Ant-v5 (identical settings)\n",
+             f"{steps:,} env steps per run, seeds {seeds}; final return = mean of each run's last {last} training "
+             "episodes; forward velocity = mean x-velocity of the trained (stochastic) policy over 5 fresh "
+             "episodes; mean +- standard error over seeds. Made by:\n",
+             "```",
+             *[f"python scripts/compare_sb3.py run --impl {i} --seed {s} --steps {steps}" for i in ("ours", "sb3")
+               for s in seeds],
+             "python scripts/compare_sb3.py report",
+             "```\n",
+             "| PPO | final return | forward velocity | env-steps/s |", "|---|---|---|---|"]
+    for name, r in results.items():
+        (m, se), (v, vse), (s, sse) = r["final_return"], r["forward_velocity"], r["sps"]
+        lines.append(f"| {name} | {m:.1f} +- {se:.1f} | {v:.2f} +- {vse:.2f} | {s:.0f} +- {sse:.0f} |")
+    if steps < 500_000:
+        lines.append(f"\n{CAVEAT}")
+    (out / "compare_sb3.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = max(steps // 40, 2048)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for color, impl in (("C0", "ours"), ("C1", "sb3")):
+        curves = np.stack([binned(j["curve"], steps, width) for j in jobs if j["impl"] == impl])
+        mean = np.nanmean(curves, 0)
+        se = np.nanstd(curves, 0, ddof=1) / np.sqrt(np.sum(~np.isnan(curves), 0)) if len(curves) > 1 else 0 * mean
+        x = (np.arange(len(mean)) + 1) * width
+        ax.plot(x, mean, color=color, label=f"{impl} ({len(curves)} seeds)")
+        ax.fill_between(x, mean - se, mean + se, color=color, alpha=0.25)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("training episode return")
+    ax.set_title("PPO on Ant-v5, paper settings: mean +- standard error")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "compare_sb3.png", dpi=110)
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1_000_000, help="env steps per run")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--last", type=int, default=20, help="episodes averaged at the end of each run")
-    parser.add_argument("--out", type=Path, default=DOCS)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="one (implementation, seed) run")
+    r.add_argument("--impl", choices=("ours", "sb3"), required=True)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--steps", type=int, default=2_000_000, help="env steps per run")
+    r.add_argument("--jobs", type=Path, default=DOCS / "compare_sb3_runs")
+    p = sub.add_parser("report", help="merge the runs into docs/compare_sb3.{md,json,png}")
+    p.add_argument("--jobs", type=Path, default=DOCS / "compare_sb3_runs")
+    p.add_argument("--last", type=int, default=20, help="episodes averaged at the end of each run")
+    p.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    results: dict[str, dict] = {}
-    for name, fn in (("ours", run_ours), ("sb3", run_sb3)):
-        curves, speeds = [], []
-        for seed in range(args.seeds):
-            curve, sps = fn(args.steps, seed)
-            curves.append(curve)
-            speeds.append(sps)
-            print(f"{name} seed {seed}: {len(curve)} episodes, {sps:.0f} env-steps/s", flush=True)
-        finals = [float(np.mean([r for _, r in c[-args.last:]])) if c else float("nan") for c in curves]
-        results[name] = {"final_return": mean_se(finals), "sps": mean_se(speeds), "curves": curves}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compare_sb3.json").write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, **results}))
-    lines = [f"# Our PPO vs SB3 PPO on Ant-v5 (identical settings)\n",
-             f"`python scripts/compare_sb3.py --steps {args.steps} --seeds {args.seeds}`: "
-             f"{args.steps:,} env steps per run, {args.seeds} seed(s), return = mean of each run's last "
-             f"{args.last} episodes, mean +- standard error over seeds.\n",
-             "| PPO | final return | env-steps/s |", "|---|---|---|"]
-    for name, r in results.items():
-        (m, se), (s, sse) = r["final_return"], r["sps"]
-        lines.append(f"| {name} | {m:.1f} +- {se:.1f} | {s:.0f} +- {sse:.0f} |")
-    if args.steps < 500_000:
-        lines.append(f"\n{CAVEAT}")
-    (args.out / "compare_sb3.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, r in results.items():
-            for i, c in enumerate(r["curves"]):
-                if c:
-                    x, y = zip(*c)
-                    ax.plot(x, y, color="C0" if name == "ours" else "C1", alpha=0.6, label=name if i == 0 else None)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("episodic return")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.out / "compare_sb3.png", dpi=100)
-    except ImportError:
-        pass
-    print("\n".join(lines))
+    if args.command == "run":
+        run_job(args.impl, args.steps, args.seed, args.jobs)
+    else:
+        report(args.jobs, args.out, args.last)
 
 
 if __name__ == "__main__":
