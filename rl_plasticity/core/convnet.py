@@ -1,0 +1,79 @@
+"""The small ConvNet of the paper's Continual ImageNet experiment, with its hidden units as groups.
+
+conv 5x5 (32) -> pool -> conv 3x3 (64) -> pool -> conv 3x3 (128) -> pool -> flatten -> fc 128 -> fc 128
+-> head, ReLU everywhere, 2x2 max-pool after each conv. Five unit groups: the three convs (a unit
+is a channel; the last conv's outgoing weights are its spatial block of fc1) and the two fc layers.
+A conv group's activation tap is its pooled output, the tensor the next layer reads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rl_plasticity.core.conv import ChannelGroup, Conv2d, flattened_columns
+from rl_plasticity.core.layers import Linear, uniform_bound
+from rl_plasticity.core.units import UnitGroup
+
+
+class ConvNet(nn.Module):
+    def __init__(self, num_classes: int = 2, channels=(32, 64, 128), kernels=(5, 3, 3), hidden=(128, 128),
+                 image_size: int = 32, in_channels: int = 3):
+        super().__init__()
+        convs, size, c_in = [], image_size, in_channels
+        for c_out, k in zip(channels, kernels):
+            convs.append(Conv2d(c_in, c_out, k, bound=uniform_bound(c_in * k * k, "kaiming", "relu")))
+            size, c_in = (size - k + 1) // 2, c_out
+        if size < 1:
+            raise ValueError(f"images of {image_size}x{image_size} are too small for kernels {kernels}")
+        sizes = [c_in * size * size, *hidden, num_classes]
+        fcs = [Linear(sizes[i], sizes[i + 1], bound=uniform_bound(sizes[i], "kaiming",
+                                                                  "relu" if i < len(hidden) else "linear"))
+               for i in range(len(sizes) - 1)]
+        self.convs, self.fcs = nn.ModuleList(convs), nn.ModuleList(fcs)
+        self.layers = [*convs, *fcs]
+        self.groups: list[UnitGroup] = [
+            ChannelGroup(f"conv{i}", convs[i], convs[i + 1]) for i in range(len(convs) - 1)]
+        self.groups.append(ChannelGroup(f"conv{len(convs) - 1}", convs[-1], fcs[0],
+                                        outgoing_view=flattened_columns(c_in)))
+        self.groups += [UnitGroup(f"fc{i}", fcs[i], fcs[i + 1]) for i in range(len(fcs) - 1)]
+
+    @property
+    def head(self) -> Linear:
+        return self.fcs[-1]
+
+    def reset_parameters(self, generators: list[torch.Generator | None]) -> None:
+        for layer in self.layers:
+            layer.reset_parameters(generators)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = iter(self.groups)
+        for conv in self.convs:
+            x = F.max_pool2d(torch.relu(conv(x)), 2)
+            next(taps).activation = x.detach().unsqueeze(0)
+        x = x.flatten(1)
+        for fc in self.fcs[:-1]:
+            x = torch.relu(fc(x))
+            next(taps).activation = x.detach().unsqueeze(0)
+        return self.head(x)
+
+
+class LinearClassifier(nn.Module):
+    """The linear baseline: one linear layer on the flattened image; no hidden units."""
+
+    def __init__(self, in_features: int, num_classes: int = 2):
+        super().__init__()
+        self.linear = Linear(in_features, num_classes, bound=uniform_bound(in_features, "kaiming", "linear"))
+        self.layers = [self.linear]
+        self.groups: list[UnitGroup] = []
+
+    @property
+    def head(self) -> Linear:
+        return self.linear
+
+    def reset_parameters(self, generators) -> None:
+        self.linear.reset_parameters(generators)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
