@@ -29,7 +29,8 @@ def test_redo_resets_only_dormant_units():
     assert net.layers[0].weight[0, 1].tolist() != [-1.0, -1.0]
     assert net.layers[0].weight[0, [0, 2]].tolist() == [[1.0, 1.0], [0.5, 0.5]]
     assert net.layers[1].weight[0, 0].tolist() == [1.0, 0.0, 1.0]
-    assert opt.state["step"][0][0, 1].tolist() == [0.0, 0.0] and opt.state["step"][0][0, 0].tolist() == [1.0, 1.0]
+    powers = opt.state["beta1_power"][0]
+    assert powers[0, 1].tolist() == [1.0, 1.0] and powers[0, 0].tolist() == pytest.approx([0.9, 0.9])
     assert redo.resets[0].item() == 1
 
 
@@ -94,3 +95,26 @@ def test_metrics_by_hand():
     p = torch.tensor([0.75, 0.25])
     assert effective_rank(d).item() == pytest.approx(torch.exp(-(p * p.log()).sum()).item(), rel=1e-5)
     assert stable_rank(torch.eye(4).unsqueeze(0)).item() == 4
+
+
+def test_adam_cheap_path_for_old_tensors_is_bit_identical_and_resets_go_back():
+    torch.manual_seed(1)
+    p = torch.nn.Parameter(torch.randn(1, 4, 3))
+    q = torch.nn.Parameter(p.detach().clone())
+    fast, exact = Adam([p], lr=1e-2, betas=(0.5, 0.5)), Adam([q], lr=1e-2, betas=(0.5, 0.5))
+    exact.negligible = [0.0]  # never takes the cheap path
+    for _ in range(40):  # 0.5^40 is far below float32's rounding of 1 - x
+        g = torch.randn(1, 4, 3)
+        fast.step([g])
+        exact.step([g])
+    assert fast.max_power[0] < fast.negligible[0]
+    assert torch.equal(p, q)
+    from rl_plasticity.core.units import ParamUnits, rows
+    mask = torch.tensor([[False, True, False, False]])
+    for opt, param in ((fast, p), (exact, q)):
+        opt.reset_units(ParamUnits(param, rows), mask)
+    assert fast.max_power[0] == 1.0
+    g = torch.randn(1, 4, 3)
+    fast.step([g])
+    exact.step([g])
+    assert torch.equal(p, q)

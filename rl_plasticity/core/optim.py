@@ -3,8 +3,10 @@
 When a plasticity method replaces a unit, the unit's parameters are new and their optimizer state
 must be what a fresh parameter would have. torch's Adam keeps ONE step counter per tensor, so a
 replaced unit inside a long-trained tensor would get the old step's bias correction (1 - beta^t ~ 1)
-and its first updates would be far too small. Here Adam keeps a step counter per element: resetting
-a unit zeroes its moments AND its step, and its next update equals a fresh parameter's exactly.
+and its first updates would be far too small. Here Adam keeps, per element, the running powers
+beta1^t and beta2^t that its bias corrections need (a step count per element, in the form that
+costs one multiply per step instead of a power): resetting a unit zeroes its moments and sets its
+powers back to 1 (t = 0), and its next update equals a fresh parameter's exactly.
 
 Optimizers take the gradients as a list (from torch.autograd.grad) instead of reading .grad, which
 saves zeroing grads every step.
@@ -18,12 +20,14 @@ from rl_plasticity.core.units import ParamUnits
 
 
 class Optimizer:
-    state_names: tuple[str, ...] = ()
+    # Each state tensor and the value it holds for a fresh parameter.
+    fresh_state: dict[str, float] = {}
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0):
         self.params = list(params)
         self.lr, self.weight_decay = lr, weight_decay
-        self.state = {name: [torch.zeros_like(p) for p in self.params] for name in self.state_names}
+        self.state = {name: [torch.full_like(p, value) for p in self.params]
+                      for name, value in self.fresh_state.items()}
         self._index = {id(p): i for i, p in enumerate(self.params)}
 
     def _decayed(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -40,8 +44,8 @@ class Optimizer:
     def reset_units(self, pu: ParamUnits, mask: torch.Tensor) -> None:
         """Make the state of the units in mask [R, U] equal a fresh parameter's; leave the rest untouched."""
         i = self._index[id(pu.param)]
-        for tensors in self.state.values():
-            pu.units(tensors[i])[mask] = 0
+        for name, tensors in self.state.items():
+            pu.units(tensors[i])[mask] = self.fresh_state[name]
 
     def state_dict(self) -> dict:
         return {"state": {k: [t.clone() for t in v] for k, v in self.state.items()}}
@@ -57,7 +61,7 @@ class SGD(Optimizer):
     the first step then uses the plain gradient, as torch's SGD does."""
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-        self.state_names = ("momentum",) if momentum else ()
+        self.fresh_state = {"momentum": 0.0} if momentum else {}
         super().__init__(params, lr, weight_decay)
         self.momentum = momentum
 
@@ -73,36 +77,70 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with a per-element step count for exact per-unit resets."""
+    """Adam (Kingma & Ba) with per-element bias-correction powers for exact per-unit resets.
 
-    state_names = ("exp_avg", "exp_avg_sq", "step")
+    Once beta^t is so small that 1 - beta^t rounds to exactly 1 for every element of a tensor, the
+    bias corrections are the identity and that tensor takes the plain (cheaper) update, which is
+    bit-identical. A unit reset sends its tensor back to the corrected path until it is old again.
+    """
+
+    fresh_state = {"exp_avg": 0.0, "exp_avg_sq": 0.0, "beta1_power": 1.0, "beta2_power": 1.0}
 
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, lr, weight_decay)
         self.beta1, self.beta2 = betas
         self.eps = eps
+        # Per tensor: an upper bound of its elements' beta2^t and beta1^t, and the size below which
+        # 1 - beta^t rounds to 1 in its dtype.
+        self.max_power = [1.0] * len(self.params)
+        self.negligible = [torch.finfo(p.dtype).eps / 4 for p in self.params]
 
     @torch.no_grad()
     def step(self, grads):
         grads = self._decayed(grads)
-        m, v, t = self.state["exp_avg"], self.state["exp_avg_sq"], self.state["step"]
-        torch._foreach_add_(t, 1.0)
+        m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
         torch._foreach_lerp_(m, grads, 1 - self.beta1)
         torch._foreach_mul_(v, self.beta2)
         torch._foreach_addcmul_(v, grads, grads, value=1 - self.beta2)
-        # Bias corrections per element: 1 - beta^t.
-        bc1 = torch._foreach_pow(self.beta1, t)
-        torch._foreach_sub_(bc1, 1.0)  # beta^t - 1 = -(1 - beta^t)
-        bc2 = torch._foreach_pow(self.beta2, t)
-        torch._foreach_neg_(bc2)
-        torch._foreach_add_(bc2, 1.0)
-        torch._foreach_sqrt_(bc2)
-        # update = -lr * (m / bc1) / (sqrt(v) / sqrt(bc2) + eps) = lr * m / (bc1' * (sqrt(v)/sqrt(bc2) + eps))
+        young = [i for i, (p, tiny) in enumerate(zip(self.max_power, self.negligible)) if p >= tiny]
+        old = [i for i, (p, tiny) in enumerate(zip(self.max_power, self.negligible)) if p < tiny]
+        if old:
+            denom = torch._foreach_sqrt([v[i] for i in old])
+            torch._foreach_add_(denom, self.eps)
+            torch._foreach_addcdiv_([self.params[i] for i in old], [m[i] for i in old], denom, value=-self.lr)
+        if young:
+            self._corrected_step(young)
+
+    def _corrected_step(self, idx: list[int]) -> None:
+        """update = -lr * (m / (1 - beta1^t)) / (sqrt(v) / sqrt(1 - beta2^t) + eps), per element."""
+        pick = lambda name: [self.state[name][i] for i in idx]  # noqa: E731
+        m, v, p1, p2 = pick("exp_avg"), pick("exp_avg_sq"), pick("beta1_power"), pick("beta2_power")
+        torch._foreach_mul_(p1, self.beta1)  # beta^t for this step's t
+        torch._foreach_mul_(p2, self.beta2)
+        bc2_sqrt = torch._foreach_neg(p2)
+        torch._foreach_add_(bc2_sqrt, 1.0)
+        torch._foreach_sqrt_(bc2_sqrt)
         denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, bc2)
+        torch._foreach_div_(denom, bc2_sqrt)
         torch._foreach_add_(denom, self.eps)
-        torch._foreach_mul_(denom, bc1)  # negative: carries the minus sign of the descent step
-        torch._foreach_addcdiv_(self.params, m, denom, value=self.lr)
+        bc1_neg = torch._foreach_sub(p1, 1.0)  # -(1 - beta1^t): carries the descent step's minus sign
+        torch._foreach_mul_(denom, bc1_neg)
+        torch._foreach_addcdiv_([self.params[i] for i in idx], m, denom, value=self.lr)
+        for i in idx:
+            self.max_power[i] *= max(self.beta1, self.beta2)
+
+    @torch.no_grad()
+    def reset_units(self, pu: ParamUnits, mask: torch.Tensor) -> None:
+        super().reset_units(pu, mask)
+        if bool(mask.any()):
+            self.max_power[self._index[id(pu.param)]] = 1.0
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "max_power": list(self.max_power)}
+
+    def load_state_dict(self, sd: dict) -> None:
+        super().load_state_dict(sd)
+        self.max_power = [float(p) for p in sd["max_power"]]
 
 
 def build_optimizer(params, name: str, lr: float, momentum: float = 0.0, betas=(0.9, 0.999),
