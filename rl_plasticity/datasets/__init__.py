@@ -1,0 +1,1 @@
+"""Image data sets read from local files in their standard formats, plus the embedded MNIST subset."""

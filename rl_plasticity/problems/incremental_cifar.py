@@ -1,0 +1,261 @@
+"""Class-incremental CIFAR-100: a ResNet-18 learns 5 new classes every `epochs_per_increment` epochs
+and keeps training on all the classes seen so far.
+
+Each seed draws its own class order. Labels are positions in that order, and the 100-way head is
+read only through the outputs of the classes seen so far. Training images are augmented (random
+crop with 4 pixels of zero padding, horizontal flip); test images are not. The learning rate
+follows a step schedule that restarts at every increment (lr x gamma at each milestone epoch).
+
+Learners: `reset: none` (base, and with the cbp / snp / redo sections enabled, those methods),
+`reset: head` (the head is re-drawn at every increment) and `reset: network` (the whole network and
+its optimizer state start afresh at every increment: the network "retrained from scratch" that the
+others are compared with; point `reference` at such a run to get accuracy relative to it).
+
+After each increment the run logs test accuracy on the seen classes, and on a probe of test images
+the dormant fraction and stable rank of every inner-conv group and of the penultimate features.
+Needs the `cifar-100-python` folder (data.path); there is no embedded fallback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rl_plasticity.config import OneOf, Range
+from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
+from rl_plasticity.core.methods.head_reset import HeadReset
+from rl_plasticity.core.metrics import dormant_fraction, probe_metrics, stable_rank
+from rl_plasticity.core.resnet import ResNet18
+from rl_plasticity.datasets.cifar100 import EXPECTED, load_cifar100
+from rl_plasticity.datasets.transforms import random_crop_flip
+from rl_plasticity.errors import UserError
+from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, load_net_buffers, minibatches, net_buffers,
+                                               resolve_device, summarize_tasks, train_loop)
+from rl_plasticity.rundir import atomic_write
+from rl_plasticity.seeding import generators
+
+MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # CIFAR-100's channel statistics
+
+DEFAULTS = {
+    "problem": "incremental_cifar",
+    "device": "cpu",
+    "cpu_threads": 1,
+    "data": {"path": None, "train_per_class": None, "test_per_class": None},  # None: all images
+    "classes_per_increment": 5,
+    "increments": 20,
+    "epochs_per_increment": 200,
+    "batch_size": 90,
+    "lr_milestones": [60, 120, 160],  # epochs within an increment
+    "lr_gamma": 0.2,
+    "reset": "none",
+    "reference": None,  # run directory of a `reset: network` run, for relative accuracy
+    "net": {"width": 64},
+    **METHOD_DEFAULTS,
+    "log": {"probe_size": 1000, "checkpoint_every_epochs": 1},
+}
+DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+
+RULES = {
+    **METHOD_RULES, **DEVICE_RULE,
+    "cpu_threads": Range(low=1),
+    "data.train_per_class": Range(low=1),
+    "data.test_per_class": Range(low=1),
+    "classes_per_increment": Range(low=1, high=100),
+    "increments": Range(low=1),
+    "epochs_per_increment": Range(low=1),
+    "batch_size": Range(low=1),
+    "lr_gamma": Range(low=0, low_open=True),
+    "reset": OneOf("none", "head", "network"),
+    "net.width": Range(low=1),
+    "log.probe_size": Range(low=1),
+    "log.checkpoint_every_epochs": Range(low=1),
+}
+
+
+def check(cfg: dict) -> None:
+    if cfg["classes_per_increment"] * cfg["increments"] > 100:
+        raise UserError("config keys 'classes_per_increment' x 'increments' must be <= 100 (CIFAR-100 has 100 classes)")
+    if cfg["data"]["path"] is None:
+        raise UserError(f"incremental CIFAR-100 needs data.path (--set data.path=DIR): expected {EXPECTED}")
+    check_data_path(cfg, EXPECTED)
+    if any(not isinstance(m, int) for m in cfg["lr_milestones"]):
+        raise UserError(f"config key 'lr_milestones' must be a list of epochs, got {cfg['lr_milestones']}")
+
+
+def _per_class(images: torch.Tensor, labels: torch.Tensor, cap: int | None):
+    if cap is None:
+        return images, labels
+    keep = torch.cat([(labels == c).nonzero().flatten()[:cap] for c in labels.unique()]).sort().values
+    return images[keep], labels[keep]
+
+
+class IncrementalCifarRun:
+    """One seed's run; the unit of work is one epoch."""
+
+    def __init__(self, cfg: dict, seed: int, data: dict):
+        self.cfg, self.device = cfg, resolve_device(cfg["device"])
+        d = cfg["data"]
+        self.train = _per_class(*(torch.from_numpy(a) for a in data["train"]), d["train_per_class"])
+        self.test = _per_class(*(torch.from_numpy(a) for a in data["test"]), d["test_per_class"])
+        self.data_generator = generators([seed], "data")[0]
+        self.order = torch.randperm(100, generator=self.data_generator)  # class order of this seed
+        self.position = torch.empty(100, dtype=torch.long)
+        self.position[self.order] = torch.arange(100)  # label -> its place in the order
+        self.net = ResNet18(num_classes=100, width=cfg["net"]["width"])
+        self.init_generators = generators([seed], "init")
+        self.net.reset_parameters(self.init_generators)
+        self.net.to(self.device)
+        self.method_generators = generators([seed], "method")
+        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators)
+        if cfg["reset"] == "head":
+            self.learner.methods.append(HeadReset(self.net.head, self.learner.optimizer, self.method_generators))
+        self.epochs_done = 0
+        self.accuracies: list[float] = []
+        self.history: list[dict] = []  # per increment: accuracy and plasticity metrics
+        self._select()
+
+    # --- train_loop protocol
+    @property
+    def step(self) -> int:
+        return self.epochs_done
+
+    @property
+    def total(self) -> int:
+        return self.cfg["increments"] * self.cfg["epochs_per_increment"]
+
+    def done(self) -> bool:
+        return self.epochs_done >= self.total
+
+    def should_checkpoint(self) -> bool:
+        return self.epochs_done % self.cfg["log"]["checkpoint_every_epochs"] == 0
+
+    def _select(self) -> None:
+        """Train and test tensors of the classes seen in the current increment; labels are positions."""
+        increment = min(self.epochs_done // self.cfg["epochs_per_increment"], self.cfg["increments"] - 1)
+        self.seen = self.cfg["classes_per_increment"] * (increment + 1)
+        def pick(images, labels):
+            pos = self.position[labels]
+            keep = pos < self.seen
+            x = (images[keep].float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+            return x.to(self.device), pos[keep].to(self.device)
+        self.train_x, self.train_y = pick(*self.train)
+        self.test_x, self.test_y = pick(*self.test)
+
+    def _lr(self) -> float:
+        epoch_in_increment = self.epochs_done % self.cfg["epochs_per_increment"]
+        passed = sum(epoch_in_increment >= m for m in self.cfg["lr_milestones"])
+        return self.cfg["optimizer"]["lr"] * self.cfg["lr_gamma"] ** passed
+
+    def advance(self, logs, bar=None) -> None:
+        self.learner.optimizer.lr = self._lr()
+        self.net.train()
+        total_loss, n = 0.0, 0
+        for idx in minibatches(len(self.train_y), self.cfg["batch_size"], self.data_generator):
+            x = random_crop_flip(self.train_x[idx.to(self.device)], self.data_generator)
+            y = self.train_y[idx.to(self.device)]
+            loss = F.cross_entropy(self.net(x)[:, :self.seen], y)
+            self.learner.update(loss)
+            total_loss += float(loss.detach()) * len(y)
+            n += len(y)
+        self.learner.end_epoch()
+        self.epochs_done += 1
+        logs.per_seed("losses/train", [total_loss / n], self.epochs_done)
+        if self.epochs_done % self.cfg["epochs_per_increment"] == 0:
+            self._end_increment(logs, bar)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.net.eval()
+        correct = sum(int((self.net(x)[:, :self.seen].argmax(1) == y).sum())
+                      for x, y in zip(self.test_x.split(500), self.test_y.split(500)))
+        metrics = {"test_accuracy": correct / len(self.test_y)}
+        probe = self.test_x[: self.cfg["log"]["probe_size"]]
+        for name, values in probe_metrics(self.net, probe).items():
+            metrics[name] = float(values[0])
+        features = self.net.features.unsqueeze(0)  # set by the probe's forward
+        metrics["features/dormant_fraction"] = float(dormant_fraction(features)[0])
+        metrics["features/stable_rank"] = float(stable_rank(features)[0])
+        return metrics
+
+    def _end_increment(self, logs, bar) -> None:
+        metrics = self.evaluate()
+        self.accuracies.append(metrics["test_accuracy"])
+        self.history.append({"classes": self.seen, **metrics})
+        step = self.epochs_done
+        logs.per_seed("charts/test_accuracy", [metrics["test_accuracy"]], step)
+        logs.per_seed("charts/classes", [self.seen], step)
+        for name, value in metrics.items():
+            if name != "test_accuracy":
+                logs.per_seed(f"plasticity/net/{name}", [value], step)
+        logs.scalars({f"plasticity/net/{k}": v for k, v in self.learner.stats().items()}, step)
+        if bar is not None:
+            bar.set_postfix(classes=self.seen, acc=f"{metrics['test_accuracy']:.3f}")
+        if self.done():
+            return
+        self.learner.task_switch()
+        if self.cfg["reset"] == "network":
+            self._restart_network()
+        self._select()
+
+    @torch.no_grad()
+    def _restart_network(self) -> None:
+        """Retrain from scratch: fresh weights, batch-norm statistics and optimizer state."""
+        self.net.reset_parameters(self.init_generators)
+        fresh = type(self.learner.optimizer)(self.learner.params, lr=1.0)  # zero / initial state
+        self.learner.optimizer.load_state_dict(fresh.state_dict())
+
+    def state_dict(self) -> dict:
+        return {"learner": self.learner.state_dict(), "buffers": net_buffers(self.net),
+                "epochs_done": self.epochs_done, "accuracies": self.accuracies, "history": self.history,
+                "data_generator": self.data_generator.get_state(),
+                "init_generators": [g.get_state() for g in self.init_generators],
+                "method_generators": [g.get_state() for g in self.method_generators]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.learner.load_state_dict(sd["learner"])
+        load_net_buffers(self.net, sd["buffers"])
+        self.epochs_done = int(sd["epochs_done"])
+        self.accuracies, self.history = list(sd["accuracies"]), [dict(h) for h in sd["history"]]
+        self.data_generator.set_state(sd["data_generator"])
+        for g, s in zip(self.init_generators, sd["init_generators"]):
+            g.set_state(s)
+        for g, s in zip(self.method_generators, sd["method_generators"]):
+            g.set_state(s)
+        self._select()
+
+
+def _relative(summary: dict, reference: str) -> list[float]:
+    path = Path(reference) / "results.json"
+    try:
+        ref = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"config key 'reference': cannot read {path}: {e}") from None
+    ref_acc = [t["mean"] for t in ref.get("per_task", [])]
+    if len(ref_acc) < summary["tasks"]:
+        raise UserError(f"reference run {reference} has {len(ref_acc)} increments; this run has {summary['tasks']}")
+    return [t["mean"] / r if r > 0 else float("nan") for t, r in zip(summary["per_task"], ref_acc)]
+
+
+def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dict:
+    check(cfg)
+    if cfg["device"] == "cpu":
+        torch.set_num_threads(cfg["cpu_threads"])
+    data = load_cifar100(cfg["data"]["path"])
+    histories, per_seed = [], []
+    for seed in seeds:
+        state = IncrementalCifarRun(cfg, seed, data)
+        if not train_loop(state, run_dir, [seed], resume, f"incremental CIFAR-100 seed {seed}", "epoch",
+                          ckpt_dir=run_dir / f"seed_{seed}"):
+            return {}
+        per_seed.append(state.accuracies)
+        histories.append(state.history)
+    summary = summarize_tasks([list(inc) for inc in zip(*per_seed)], window=1)
+    summary["history"] = histories
+    if cfg["reference"]:
+        summary["relative_to_retrained"] = _relative(summary, cfg["reference"])
+    atomic_write(run_dir / "results.json", json.dumps(summary, indent=1))
+    print("test accuracy per increment: " + ", ".join(f"{t['mean']:.3f}" for t in summary["per_task"]))
+    return summary
