@@ -26,26 +26,10 @@ CAVEAT = ("Too short to judge learning: in the first ~100k steps of Ant the retu
           "Use it as a smoke check; judge parity from runs of 1M+ steps.")
 
 
-def lecun_uniform_(module) -> None:
-    """Give every Linear layer of an SB3 policy our init: U(+-sqrt(3/fan_in)), biases 0 (the paper's)."""
-    import math
-
-    import torch
-    from torch import nn
-
-    with torch.no_grad():
-        for layer in module.modules():
-            if isinstance(layer, nn.Linear):
-                bound = math.sqrt(3.0 / layer.in_features)
-                layer.weight.uniform_(-bound, bound)
-                layer.bias.zero_()
-
-
 def run_sb3(steps: int, seed: int):
-    from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.env_util import make_vec_env
-    from torch import nn
+
+    from rl_plasticity.bench.ppo import sb3_model
 
     class Episodes(BaseCallback):
         def __init__(self):
@@ -58,13 +42,8 @@ def run_sb3(steps: int, seed: int):
                     self.curve.append((self.num_timesteps, float(info["episode"]["r"])))
             return True
 
-    model = PPO("MlpPolicy", make_vec_env("Ant-v5", n_envs=1, seed=seed), n_steps=2048, batch_size=128,
-                n_epochs=10, learning_rate=1e-4, gamma=0.99, gae_lambda=0.95, clip_range=0.2, ent_coef=0.0,
-                vf_coef=1.0, max_grad_norm=1e10, seed=seed, device="cpu", verbose=0,
-                policy_kwargs={"net_arch": {"pi": [256, 256], "vf": [256, 256]}, "activation_fn": nn.ReLU,
-                               "log_std_init": 0.0, "ortho_init": False, "optimizer_kwargs": {"eps": 1e-8}})
+    model = sb3_model(seed)
     callback = Episodes()
-    lecun_uniform_(model.policy)
     start = time.perf_counter()
     model.learn(total_timesteps=steps, callback=callback)
     return callback.curve, model.num_timesteps / (time.perf_counter() - start), model

@@ -52,7 +52,8 @@ def lecun_uniform_(module) -> None:
                 layer.bias.zero_()
 
 
-def _sb3(steps: int, seed: int) -> float:
+def sb3_model(seed: int):
+    """SB3's PPO on one Ant-v5 env with exactly our settings (and our LeCun init)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     from torch import nn
@@ -64,6 +65,11 @@ def _sb3(steps: int, seed: int) -> float:
                 policy_kwargs={"net_arch": {"pi": [256, 256], "vf": [256, 256]}, "activation_fn": nn.ReLU,
                                "log_std_init": 0.0, "ortho_init": False, "optimizer_kwargs": {"eps": 1e-8}})
     lecun_uniform_(model.policy)
+    return model
+
+
+def _sb3(steps: int, seed: int) -> float:
+    model = sb3_model(seed)
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     return model.num_timesteps / (time.perf_counter() - start)
