@@ -1,4 +1,4 @@
-"""Command line: `rl-plasticity train|bench ...`."""
+"""Command line: `rl-plasticity train|sweep|compare|bench ...`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,32 @@ def _add_train(sub) -> None:
     p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.train").main(args))
 
 
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="run every config x seed as its own run under one sweep directory")
+    p.add_argument("configs", nargs="*", metavar="CONFIG", help="YAML experiment files; a learner is a file's name")
+    p.add_argument("--seeds", help="seeds to run: 0-29, 0,3,7, 0-4,10; a bare N means 0..N-1")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every run; repeatable")
+    p.add_argument("--out", help="sweep directory (default: runs/sweep-<time>); rerunning into it continues it")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="continue the sweep in SWEEP_DIR")
+    p.add_argument("--backend", choices=["local", "ray"], help="local processes (default) or Ray tasks")
+    p.add_argument("--workers", type=int, help="runs at a time (default: the number of CPU cores)")
+    p.add_argument("--address", help="join the Ray cluster at this address instead of starting one")
+    p.add_argument("--retries", type=int, help="times a crashed run is retried (default: 0 local, 2 ray)")
+    p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.sweep").main(args))
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="plot learners' mean +- standard error across seeds from TensorBoard logs")
+    p.add_argument("paths", nargs="+", metavar="SWEEP_DIR_OR_RUN", help="sweep directories or run directories")
+    p.add_argument("--metric", action="append", default=[], metavar="TAG",
+                   help="TensorBoard tag to plot, one panel each; globs allowed (plasticity/*/dormant_fraction); "
+                        "default: the problem's headline number")
+    p.add_argument("--bin", type=int, metavar="SIZE", help="bin width in steps (default: about 100 bins)")
+    p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg); the binned table goes beside it as .csv")
+    p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.compare").main(args))
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="speed benchmarks that print numbers")
     bench_sub = p.add_subparsers(dest="bench", required=True)
@@ -48,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rl-plasticity", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_sweep(sub)
+    _add_compare(sub)
     _add_bench(sub)
     return parser
 

@@ -1,0 +1,280 @@
+"""`rl-plasticity compare`: learners side by side, mean +- standard error across seeds, from TensorBoard logs.
+
+A "seed run" is one folder of event files: `RUN/tb/` for a one-seed run (ppo), each `RUN/tb/seed_<k>/`
+for a run that batches seeds (regression; its `tb/mean/` is skipped, it is not a seed). Runs are grouped
+by learner: the `<learner>` folder of a sweep's `<learner>/seed_<k>/`, else the name of the config the
+run was started from (run.json), else the run folder's name.
+
+Binning: a value logged at step s falls in the bin (start, start + SIZE] holding s (step 0 in the
+first), since a number logged at step s describes the steps up to s. Each seed run's values in a bin
+are averaged first, so a run that logs more often (more episodes) does not weigh more; the learner's
+mean and standard error (sample std / sqrt(n)) are then taken over its seed runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import fnmatch
+import io
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rl_plasticity.errors import UserError
+from rl_plasticity.rundir import CONFIG_FILE, INFO_FILE, atomic_write
+from rl_plasticity.tblog import read_scalars
+
+DEFAULT_METRICS = {"ppo": ["charts/episodic_return"], "regression": ["charts/binned_error"]}
+PHYSICS_TAGS = ("charts/friction", "charts/mass")
+CSV_FIELDS = ("metric", "learner", "bin_start", "bin_end", "mean", "se", "n_runs")
+_SEED_DIR = re.compile(r"^seed_\d+$")
+_SKIPPED_LOGS = {"mean"}  # a batched run's mean over seeds is not a seed
+
+
+@dataclasses.dataclass
+class SeedRun:
+    learner: str
+    name: str  # shown in messages: learner/seed_k or the folder path
+    problem: str | None
+    scalars: dict[str, list[tuple[int, float]]]
+
+
+# --------------------------------------------------------------------------- finding and reading runs
+
+
+def find_run_dirs(paths: list[str]) -> list[Path]:
+    """Run directories (folders with config.yaml) at or under each path, in a stable order."""
+    found: list[Path] = []
+    for raw in paths:
+        root = Path(raw)
+        if not root.exists():
+            raise UserError(f"no such file or directory: {root}")
+        if (root / CONFIG_FILE).is_file():
+            found.append(root)
+            continue
+        for d, subdirs, files in os.walk(root):
+            subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
+            if CONFIG_FILE in files:
+                found.append(Path(d))
+                subdirs[:] = []  # a run directory holds no other runs
+    return list(dict.fromkeys(found))
+
+
+def learner_of(run_dir: Path) -> str:
+    if _SEED_DIR.match(run_dir.name):
+        return run_dir.parent.name
+    try:
+        command = json.loads((run_dir / INFO_FILE).read_text(encoding="utf-8")).get("command", [])
+        if "train" in command:
+            config = next((a for a in command[command.index("train") + 1:] if a.endswith((".yaml", ".yml"))), None)
+            if config:
+                return Path(config).stem
+    except (OSError, ValueError, AttributeError):
+        pass
+    return run_dir.name
+
+
+def _problem_of(run_dir: Path) -> str | None:
+    from rl_plasticity.config import read_yaml
+
+    try:
+        return read_yaml(run_dir / CONFIG_FILE).get("problem")
+    except UserError:
+        return None
+
+
+def load_seed_runs(run_dirs: list[Path]) -> list[SeedRun]:
+    """Every seed run's scalars, read from its event files."""
+    runs = []
+    for run_dir in run_dirs:
+        tb = run_dir / "tb"
+        if not tb.is_dir():
+            continue  # started but logged nothing yet
+        learner, problem = learner_of(run_dir), _problem_of(run_dir)
+        by_log = _split_by_log_dir(tb, read_scalars(tb, by_run=True))
+        for rel, scalars in sorted(by_log.items()):
+            if Path(rel).name in _SKIPPED_LOGS:
+                continue
+            label = run_dir.name if rel == "." else f"{run_dir.name}/{rel}"
+            runs.append(SeedRun(learner, f"{learner}/{label}", problem, scalars))
+    return runs
+
+
+def _split_by_log_dir(tb: Path, scalars: dict) -> dict[str, dict]:
+    """read_scalars(by_run=True) keys are `<log folder>/<tag>`; split them back by folder."""
+    folders = sorted({Path(d).relative_to(tb).as_posix() for d, _, files in os.walk(tb)
+                      if any("tfevents" in f for f in files)}, key=len, reverse=True)
+    out: dict[str, dict] = {}
+    for key, points in scalars.items():
+        rel = next((f for f in folders if f != "." and key.startswith(f + "/")), ".")
+        tag = key if rel == "." else key[len(rel) + 1:]
+        out.setdefault(rel, {})[tag] = points
+    return out
+
+
+# --------------------------------------------------------------------------- choosing metrics
+
+
+def choose_metrics(runs: list[SeedRun], requested: list[str]) -> list[str]:
+    """Requested tags (globs expand to every matching tag), or each problem's default."""
+    available = sorted({tag for r in runs for tag in r.scalars})
+    if not requested:
+        problems = list(dict.fromkeys(r.problem for r in runs))
+        requested = [m for p in problems for m in DEFAULT_METRICS.get(p, [])]
+        if not requested:
+            raise UserError(f"no default metric for problem(s) {', '.join(map(str, problems))}; "
+                            f"pass --metric TAG; tags found: {_listing(available)}")
+    metrics = []
+    for pattern in requested:
+        matches = fnmatch.filter(available, pattern) if any(c in pattern for c in "*?[") else \
+            [pattern] if pattern in available else []
+        if not matches:
+            raise UserError(f"no run has metric {pattern!r}; tags found: {_listing(available)}")
+        metrics.extend(m for m in matches if m not in metrics)
+    return metrics
+
+
+def _listing(tags: list[str], limit: int = 40) -> str:
+    shown = ", ".join(tags[:limit])
+    return shown + (f" ... and {len(tags) - limit} more" if len(tags) > limit else "") if tags else "(none)"
+
+
+# --------------------------------------------------------------------------- binning
+
+
+def default_bin(runs: list[SeedRun], metric: str, target_bins: int = 100) -> int:
+    """About `target_bins` bins over the longest run, never finer than the metric's logging interval."""
+    steps = [np.unique([s for s, _ in r.scalars[metric]]) for r in runs if metric in r.scalars]
+    last = max(int(s[-1]) for s in steps)
+    gaps = np.concatenate([np.diff(s) for s in steps if len(s) > 1] or [np.array([1])])
+    interval = max(1, int(np.median(gaps)))
+    width = max(interval, math.ceil(last / target_bins))
+    return int(math.ceil(width / interval) * interval)  # whole logging intervals: no half-empty bins
+
+
+def bin_index(steps: np.ndarray, size: int) -> np.ndarray:
+    return np.maximum(np.ceil(steps / size).astype(np.int64) - 1, 0)
+
+
+def binned_table(runs: list[SeedRun], metric: str, size: int, learners: list[str]) -> list[dict]:
+    """Rows of CSV_FIELDS for one metric: per learner and bin, mean and standard error over seed runs."""
+    rows = []
+    for learner in learners:
+        per_bin: dict[int, list[float]] = {}
+        for run in (r for r in runs if r.learner == learner and metric in r.scalars):
+            steps, values = (np.array(x, dtype=np.float64) for x in zip(*run.scalars[metric]))
+            idx = bin_index(steps, size)
+            for b in np.unique(idx):
+                per_bin.setdefault(int(b), []).append(float(values[idx == b].mean()))
+        for b in sorted(per_bin):
+            v = np.array(per_bin[b])
+            se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+            rows.append({"metric": metric, "learner": learner, "bin_start": b * size, "bin_end": (b + 1) * size,
+                         "mean": float(v.mean()), "se": se, "n_runs": len(v)})
+    return rows
+
+
+def physics_changes(runs: list[SeedRun]) -> dict[str, list[int]]:
+    """Steps where friction or mass changed, per tag; seeds' nearby switches are drawn as one line."""
+    out = {}
+    for tag in PHYSICS_TAGS:
+        steps = sorted(s for r in runs if tag in r.scalars
+                       for (s, v), (_, prev) in zip(r.scalars[tag][1:], r.scalars[tag][:-1]) if v != prev)
+        if not steps:
+            continue
+        span = max(s for r in runs for pts in r.scalars.values() for s, _ in pts[-1:]) or 1
+        merged = [steps[0]]
+        for s in steps[1:]:
+            if s - merged[-1] > 0.01 * span:
+                merged.append(s)
+        out[tag.split("/")[-1]] = merged
+    return out
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def learner_order(runs: list[SeedRun], paths: list[str]) -> list[str]:
+    """A sweep's own config order where there is one, else alphabetical."""
+    order: list[str] = []
+    for raw in paths:
+        manifest = Path(raw) / "sweep.json"
+        if manifest.is_file():
+            try:
+                order += [c["learner"] for c in json.loads(manifest.read_text(encoding="utf-8"))["configs"]]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+    present = {r.learner for r in runs}
+    return [x for x in dict.fromkeys(order) if x in present] + sorted(present - set(order))
+
+
+def x_label(runs: list[SeedRun]) -> str:
+    problems = {r.problem for r in runs}
+    if problems == {"ppo"}:
+        return "environment steps"
+    if problems == {"regression"}:
+        return "examples"
+    return "step"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+    atomic_write(path, buf.getvalue())
+
+
+def main(args) -> int:
+    from rl_plasticity.compare_plot import plot_comparison  # matplotlib only once there is something to plot
+
+    if args.bin is not None and args.bin < 1:
+        raise UserError(f"--bin must be >= 1, got {args.bin}")
+    out = Path(args.out)
+    if not out.suffix:
+        raise UserError(f"--out {out}: give a figure file name such as compare.png")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    run_dirs = find_run_dirs(args.paths)
+    runs = load_seed_runs(run_dirs)
+    if not runs:
+        where = ", ".join(args.paths)
+        raise UserError(f"no runs found in {where}: expected run directories (config.yaml and tb/ event files)"
+                        + (f"; found {len(run_dirs)} run directories without TensorBoard logs" if run_dirs else ""))
+    metrics = choose_metrics(runs, args.metric)
+    learners = learner_order(runs, args.paths)
+    tables, bins = {}, {}
+    for metric in metrics:
+        missing = [r.name for r in runs if metric not in r.scalars]
+        if missing:
+            print(f"note: {len(missing)} of {len(runs)} runs have no {metric} (e.g. {missing[0]})", file=sys.stderr)
+        bins[metric] = args.bin or default_bin(runs, metric)
+        tables[metric] = binned_table(runs, metric, bins[metric], learners)
+    changes = physics_changes(runs)
+    counts = {learner: sum(r.learner == learner for r in runs) for learner in learners}
+    atomic_write(out, plot_comparison(tables, learners, counts, changes, x_label(runs), fmt=out.suffix[1:]))
+    csv_path = out.with_suffix(".csv")
+    write_csv(csv_path, [row for metric in metrics for row in tables[metric]])
+    print(_report(tables, learners, bins))
+    print(f"wrote {out} and {csv_path}")
+    return 0
+
+
+def _report(tables: dict, learners: list[str], bins: dict) -> str:
+    """The last bin of each metric per learner, as a quick look without opening the figure."""
+    lines = []
+    for metric, rows in tables.items():
+        lines.append(f"{metric} (bins of {bins[metric]:,} steps), last bin:")
+        for learner in learners:
+            mine = [r for r in rows if r["learner"] == learner]
+            if mine:
+                r = mine[-1]
+                se = "" if math.isnan(r["se"]) else f" +- {r['se']:.4g}"
+                lines.append(f"  {learner:<16} {r['mean']:.4g}{se}  (n={r['n_runs']}, steps {r['bin_start']:,}-{r['bin_end']:,})")
+    return "\n".join(lines)

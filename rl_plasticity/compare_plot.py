@@ -1,0 +1,72 @@
+"""The comparison figure: one panel per metric on a shared x axis, a mean line and a +-1 standard-error
+band per learner, dashed lines where the physics changed."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+PHYSICS_STYLE = {"color": "0.55", "linestyle": "--", "linewidth": 0.8, "zorder": 0}
+
+
+def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: dict[str, int],
+                    changes: dict[str, list[int]], xlabel: str, fmt: str = "png") -> bytes:
+    """Render the figure and return the file's bytes (written atomically by the caller)."""
+    colors = plt.get_cmap("tab10").colors
+    n = len(tables)
+    fig, axes = plt.subplots(n, 1, sharex=True, squeeze=False, figsize=(7.5, 2.3 * n + 1.0))
+    axes = axes[:, 0]
+    for ax, (metric, rows) in zip(axes, tables.items()):
+        for i, learner in enumerate(learners):
+            mine = [r for r in rows if r["learner"] == learner]
+            if not mine:
+                continue
+            x = [r["bin_end"] for r in mine]
+            mean = [r["mean"] for r in mine]
+            se = [0.0 if math.isnan(r["se"]) else r["se"] for r in mine]
+            color = colors[i % len(colors)]
+            ax.plot(x, mean, color=color, linewidth=1.6, marker="o" if len(x) <= 3 else None, markersize=4,
+                    label=f"{learner} (n={counts.get(learner, 0)})")
+            ax.fill_between(x, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
+                            color=color, alpha=0.22, linewidth=0)
+        for kind, steps in changes.items():
+            for j, step in enumerate(steps):
+                ax.axvline(step, label=f"{kind} change" if j == 0 else None, **PHYSICS_STYLE)
+        ax.set_ylabel(_pretty(metric), fontsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.grid(axis="y", alpha=0.3, linewidth=0.6)
+        ax.tick_params(labelsize=8)
+    axes[-1].set_xlabel(xlabel)
+    axes[-1].xaxis.set_major_formatter(FuncFormatter(_short_number))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False, fontsize=9)
+    fig.text(0.99, 0.005, "mean +- 1 standard error over seeds", ha="right", va="bottom", fontsize=7, color="0.4")
+    top = 1 - 0.42 * (1 + (len(labels) - 1) // 4) / fig.get_figheight()  # room for the legend rows
+    fig.tight_layout(rect=(0, 0.02, 1, top))
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=150)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pretty(tag: str) -> str:
+    """`plasticity/actor/layer0/dormant_fraction` -> `actor layer0\\ndormant fraction`."""
+    parts = tag.split("/")
+    if parts[0] in ("charts", "losses"):
+        parts = parts[1:]
+    elif parts[0] == "plasticity":
+        return " ".join(parts[1:-1]) + "\n" + parts[-1].replace("_", " ")
+    return "/".join(parts).replace("_", " ")
+
+
+def _short_number(x: float, _pos=None) -> str:
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= size:
+            return f"{x / size:g}{suffix}"
+    return f"{x:g}"

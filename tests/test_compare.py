@@ -1,0 +1,144 @@
+"""Comparison plots: the binned table equals the numbers in the event files; runs are grouped by learner;
+physics changes are found; bad input names what exists."""
+
+import csv
+import math
+import statistics
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from rl_plasticity.cli import main as cli_main
+from rl_plasticity.compare import bin_index, find_run_dirs, load_seed_runs, physics_changes
+from rl_plasticity.rundir import write_run_info
+from rl_plasticity.tblog import TBLogger, read_scalars
+from sweeps import LEARNERS, finished_local_sweep
+
+
+@pytest.fixture(scope="session")
+def local_sweep(tmp_path_factory):
+    return finished_local_sweep(tmp_path_factory)[0]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(path).shape
+    assert width > 500 and height > 300
+
+
+def test_compare_sweep_matches_the_event_files(local_sweep, tmp_path, capsys):
+    fig = tmp_path / "fig.png"
+    assert cli_main(["compare", str(local_sweep), "--bin", "500", "--out", str(fig)]) == 0
+    check_png(fig)
+    rows = read_csv(tmp_path / "fig.csv")
+    assert list(rows[0]) == ["metric", "learner", "bin_start", "bin_end", "mean", "se", "n_runs"]
+    # Recompute independently: each seed logs its binned error at steps 500 and 1000.
+    expected = {}
+    for learner in LEARNERS:
+        per_step = {}
+        for seed in (0, 1):
+            for step, value in read_scalars(local_sweep / learner / f"seed_{seed}" / "tb" / f"seed_{seed}")[
+                    "charts/binned_error"]:
+                per_step.setdefault(step, []).append(value)
+        for step, values in per_step.items():
+            expected[(learner, step)] = (statistics.mean(values), statistics.stdev(values) / math.sqrt(2))
+    assert len(rows) == len(expected) == 4
+    for row in rows:
+        assert row["metric"] == "charts/binned_error" and row["n_runs"] == "2"
+        assert int(row["bin_end"]) - int(row["bin_start"]) == 500
+        mean, se = expected[(row["learner"], int(row["bin_end"]))]
+        assert float(row["mean"]) == pytest.approx(mean, rel=1e-12)
+        assert float(row["se"]) == pytest.approx(se, rel=1e-9)
+    assert [r["learner"] for r in rows] == ["bp", "bp", "l2", "l2"]  # the sweep's own order
+    assert "charts/binned_error" in capsys.readouterr().out
+
+
+def test_several_metrics_and_globs_make_one_panel_each(local_sweep, tmp_path):
+    fig = tmp_path / "metrics.png"
+    assert cli_main(["compare", str(local_sweep), "--out", str(fig), "--metric", "charts/binned_error",
+                     "--metric", "plasticity/net/*/dormant_fraction", "--metric", "plasticity/net/layer0/stable_rank",
+                     "--metric", "plasticity/net/layer*/mean_abs_weight"]) == 0
+    check_png(fig)
+    metrics = list(dict.fromkeys(r["metric"] for r in read_csv(tmp_path / "metrics.csv")))
+    assert metrics == ["charts/binned_error", "plasticity/net/layer0/dormant_fraction",
+                       "plasticity/net/layer0/stable_rank", "plasticity/net/layer0/mean_abs_weight",
+                       "plasticity/net/layer1/mean_abs_weight"]
+
+
+def fake_run(run_dir: Path, command_config: str, problem: str, logs: dict) -> None:
+    """A run directory made by hand: config, run.json naming its config, and event files {subdir: {tag: points}}."""
+    run_dir.mkdir(parents=True)
+    write_run_info(run_dir, {"problem": problem}, [0], extra={"command": ["rl-plasticity", "train", command_config]})
+    for sub, tags in logs.items():
+        with TBLogger(run_dir / "tb" / sub) as log:
+            for tag, points in tags.items():
+                for step, value in points:
+                    log.scalar(tag, value, step)
+
+
+def test_batched_runs_count_each_seed_and_group_by_config_name(tmp_path):
+    # A regression run batching two seeds (tb/seed_k + tb/mean) and a second run of the same config.
+    fake_run(tmp_path / "a", "configs/regression/cbp.yaml", "regression",
+             {"seed_0": {"charts/binned_error": [(10, 1.0), (20, 3.0)]},
+              "seed_1": {"charts/binned_error": [(10, 2.0), (20, 5.0)]},
+              "mean": {"charts/binned_error": [(10, 99.0), (20, 99.0)]}})
+    fake_run(tmp_path / "b", "/x/cbp.yaml", "regression", {"seed_7": {"charts/binned_error": [(10, 3.0)]}})
+    runs = load_seed_runs(find_run_dirs([str(tmp_path)]))
+    assert sorted(r.name for r in runs) == ["cbp/a/seed_0", "cbp/a/seed_1", "cbp/b/seed_7"]
+    fig = tmp_path / "fig.png"
+    assert cli_main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--bin", "10", "--out", str(fig)]) == 0
+    rows = read_csv(tmp_path / "fig.csv")
+    assert [(r["bin_end"], float(r["mean"]), r["n_runs"]) for r in rows] == [("10", 2.0, "3"), ("20", 4.0, "2")]
+    assert float(rows[0]["se"]) == pytest.approx(1 / math.sqrt(3))
+
+
+def test_ppo_runs_average_episodes_per_run_and_mark_friction_changes(tmp_path):
+    # Episodes end at uneven steps; a run's episodes in one bin count once, as their mean.
+    friction = [(0, 1.0), (100, 1.0), (200, 0.1), (300, 0.1)]
+    fake_run(tmp_path / "std" / "seed_0", "c/std.yaml", "ppo",
+             {".": {"charts/episodic_return": [(50, 1.0), (90, 3.0), (150, 10.0)], "charts/friction": friction}})
+    fake_run(tmp_path / "std" / "seed_1", "c/std.yaml", "ppo",
+             {".": {"charts/episodic_return": [(60, 4.0), (140, 20.0)], "charts/friction": friction}})
+    fake_run(tmp_path / "cbp" / "seed_0", "c/cbp.yaml", "ppo",
+             {".": {"charts/episodic_return": [(100, 5.0), (101, 6.0)], "charts/friction": friction}})
+    runs = load_seed_runs(find_run_dirs([str(tmp_path)]))
+    assert physics_changes(runs) == {"friction": [200]}
+    fig = tmp_path / "ppo.png"
+    assert cli_main(["compare", str(tmp_path), "--bin", "100", "--out", str(fig)]) == 0  # default: episodic return
+    check_png(fig)
+    got = {(r["learner"], r["bin_end"]): (float(r["mean"]), r["n_runs"]) for r in read_csv(tmp_path / "ppo.csv")}
+    assert got == {("cbp", "100"): (5.0, "1"), ("cbp", "200"): (6.0, "1"),
+                   ("std", "100"): (3.0, "2"), ("std", "200"): (15.0, "2")}
+
+
+def test_bins_hold_the_steps_up_to_their_end():
+    import numpy as np
+
+    assert bin_index(np.array([0, 1, 500, 501, 1000]), 500).tolist() == [0, 0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("make, argv, words", [
+    (lambda p: None, [], ["no runs found"]),
+    (lambda p: fake_run(p / "r", "c/bp.yaml", "regression", {"seed_0": {"charts/binned_error": [(1, 1.0)]}}),
+     ["--metric", "charts/episodic_return"], ["no run has metric 'charts/episodic_return'", "charts/binned_error"]),
+    (lambda p: fake_run(p / "r", "c/bp.yaml", "regression", {"seed_0": {"charts/binned_error": [(1, 1.0)]}}),
+     ["--metric", "losses/*"], ["'losses/*'", "tags found: charts/binned_error"]),
+    (lambda p: fake_run(p / "r", "c/x.yaml", "mnist", {".": {"charts/task_accuracy": [(1, 1.0)]}}),
+     [], ["no default metric", "mnist", "charts/task_accuracy"]),
+    (lambda p: None, ["--bin", "0"], ["--bin"]),
+])
+def test_bad_compare_input_is_one_clear_error(tmp_path, capsys, make, argv, words):
+    make(tmp_path)
+    fig = tmp_path / "fig.png"
+    assert cli_main(["compare", str(tmp_path), "--out", str(fig), *argv]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and line.startswith("rl-plasticity: error:")
+    for w in words:
+        assert w in line
+    assert not fig.exists() and not (tmp_path / "fig.csv").exists()
