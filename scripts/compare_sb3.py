@@ -26,7 +26,7 @@ CAVEAT = ("Too short to judge learning: in the first ~100k steps of Ant the retu
           "Use it as a smoke check; judge parity from runs of 1M+ steps.")
 
 
-def run_sb3(steps: int, seed: int):
+def run_sb3(steps: int, seed: int, on_progress=None):
     from stable_baselines3.common.callbacks import BaseCallback
 
     from rl_plasticity.bench.ppo import sb3_model
@@ -40,6 +40,8 @@ def run_sb3(steps: int, seed: int):
             for info in self.locals["infos"]:
                 if "episode" in info:
                     self.curve.append((self.num_timesteps, float(info["episode"]["r"])))
+            if on_progress is not None and self.num_timesteps % 2048 == 0:
+                on_progress(self.num_timesteps, self.curve)
             return True
 
     model = sb3_model(seed)
@@ -66,35 +68,49 @@ def forward_velocity(act, seed: int, episodes: int = 5) -> float:
 
 
 def run_job(impl: str, steps: int, seed: int, out: Path) -> None:
-    """One (implementation, seed) run; writes out/<impl>_seed<k>.json. Jobs can run in parallel."""
+    """One (implementation, seed) run; writes out/<impl>_seed<k>.json, also every ~100k steps on the way
+    (with "done": false) so a long run that is cut short still reports how far it got. Jobs can run in
+    parallel."""
     torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{impl}_seed{seed}.json"
+    start = time.perf_counter()
+    last_write = [0]
+
+    def save(reached: int, curve, done: bool, velocity: float | None = None) -> None:
+        if done or reached - last_write[0] >= 100_000:
+            last_write[0] = reached
+            path.write_text(json.dumps({"impl": impl, "seed": seed, "steps": steps, "reached": reached,
+                                        "done": done, "sps": reached / (time.perf_counter() - start),
+                                        "forward_velocity": velocity, "curve": curve}))
+
     if impl == "ours":
         from rl_plasticity.config import validate
         from rl_plasticity.problems.ppo import DEFAULTS, PPORun
 
         run = PPORun(validate({"env": {"id": "Ant-v5"}, "total_steps": steps}, DEFAULTS), seed)
         curve: list[tuple[int, float]] = []
-        start = time.perf_counter()
         while run.steps < steps:
             episodes, _ = run.train_update()
             curve += [(e.step, e.ret) for e in episodes]
-        sps = run.steps / (time.perf_counter() - start)
+            save(run.steps, curve, done=False)
         rng = np.random.default_rng(seed)
         agent = run.agent
         std = agent.action_std()
         velocity = forward_velocity(lambda o: agent.policy_mean(np.asarray(o, np.float32)) +
                                     std * rng.standard_normal(std.shape), seed)
+        save(run.steps, curve, done=True, velocity=velocity)
     else:
-        curve, sps, model = run_sb3(steps, seed)
+        curve, _, model = run_sb3(steps, seed, on_progress=lambda n, c: save(n, c, done=False))
         velocity = forward_velocity(lambda o: model.predict(o, deterministic=False)[0], seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{impl}_seed{seed}.json").write_text(json.dumps(
-        {"impl": impl, "seed": seed, "steps": steps, "sps": sps, "forward_velocity": velocity, "curve": curve}))
-    print(f"{impl} seed {seed}: {len(curve)} episodes, {sps:.0f} env-steps/s, forward velocity {velocity:.2f}")
+        save(steps, curve, done=True, velocity=velocity)
+    print(f"{impl} seed {seed}: {len(curve)} episodes, forward velocity {velocity:.2f}")
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, float)
+    if len(a) == 0:
+        return float("nan"), float("nan")
     return float(a.mean()), float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else float("nan")
 
 
@@ -111,14 +127,16 @@ def report(job_dir: Path, out: Path, last: int) -> None:
     jobs = [json.loads(p.read_text()) for p in sorted(job_dir.glob("*_seed*.json"))]
     if not jobs:
         raise SystemExit(f"no job results in {job_dir}")
-    steps = jobs[0]["steps"]
+    steps = min(j["reached"] for j in jobs)  # compare over the steps every run has reached
+    partial = [f"{j['impl']} seed {j['seed']}" for j in jobs if not j["done"]]
     seeds = sorted({j["seed"] for j in jobs})
     results: dict[str, dict] = {}
     for impl in ("ours", "sb3"):
         mine = [j for j in jobs if j["impl"] == impl]
-        finals = [float(np.mean([r for _, r in j["curve"][-last:]])) for j in mine]
+        finals = [float(np.mean([r for s, r in j["curve"] if s <= steps][-last:])) for j in mine]
         results[impl] = {"final_return": mean_se(finals), "sps": mean_se([j["sps"] for j in mine]),
-                         "forward_velocity": mean_se([j["forward_velocity"] for j in mine]), "runs": len(mine)}
+                         "forward_velocity": mean_se([j["forward_velocity"] for j in mine if j["done"]]),
+                         "runs": len(mine)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_sb3.json").write_text(json.dumps({"steps": steps, "seeds": seeds, **results}, indent=1))
     lines = ["# Our PPO vs SB3 PPO on Ant-v5 (identical settings)\n",
@@ -126,7 +144,7 @@ def report(job_dir: Path, out: Path, last: int) -> None:
              "episodes; forward velocity = mean x-velocity of the trained (stochastic) policy over 5 fresh "
              "episodes; mean +- standard error over seeds. Made by:\n",
              "```",
-             *[f"python scripts/compare_sb3.py run --impl {i} --seed {s} --steps {steps}" for i in ("ours", "sb3")
+             *[f"python scripts/compare_sb3.py run --impl {i} --seed {s} --steps {jobs[0]['steps']}" for i in ("ours", "sb3")
                for s in seeds],
              "python scripts/compare_sb3.py report",
              "```\n",
@@ -134,6 +152,9 @@ def report(job_dir: Path, out: Path, last: int) -> None:
     for name, r in results.items():
         (m, se), (v, vse), (s, sse) = r["final_return"], r["forward_velocity"], r["sps"]
         lines.append(f"| {name} | {m:.1f} +- {se:.1f} | {v:.2f} +- {vse:.2f} | {s:.0f} +- {sse:.0f} |")
+    if partial:
+        lines.append(f"\nRuns not finished when this report was made ({', '.join(partial)}): numbers are over the "
+                     f"first {steps:,} steps; their forward velocity is left out.")
     if steps < 500_000:
         lines.append(f"\n{CAVEAT}")
     (out / "compare_sb3.md").write_text("\n".join(lines) + "\n")
@@ -146,7 +167,8 @@ def report(job_dir: Path, out: Path, last: int) -> None:
     width = max(steps // 40, 2048)
     fig, ax = plt.subplots(figsize=(7, 4))
     for color, impl in (("C0", "ours"), ("C1", "sb3")):
-        curves = np.stack([binned(j["curve"], steps, width) for j in jobs if j["impl"] == impl])
+        curves = np.stack([binned([c for c in j["curve"] if c[0] <= steps], steps, width)
+                           for j in jobs if j["impl"] == impl])
         mean = np.nanmean(curves, 0)
         se = np.nanstd(curves, 0, ddof=1) / np.sqrt(np.sum(~np.isnan(curves), 0)) if len(curves) > 1 else 0 * mean
         x = (np.arange(len(mean)) + 1) * width
