@@ -9,4 +9,5 @@ BENCHES = {
     "regression": "rl_plasticity.bench.regression",
     "envs": "rl_plasticity.bench.envs",
     "ppo": "rl_plasticity.bench.ppo",
+    "supervised": "rl_plasticity.bench.supervised",
 }

@@ -29,8 +29,9 @@ from rl_plasticity.datasets.imagenet32 import EXPECTED, load_imagenet32
 from rl_plasticity.datasets.mnist import embedded_mnist
 from rl_plasticity.datasets.transforms import mnist_to_rgb32, normalize
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, load_net_buffers, minibatches, net_buffers,
-                                               resolve_device, summarize_tasks, train_loop)
+from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, check_finite, load_net_buffers,
+                                               minibatches, net_buffers, resolve_device, summarize_tasks,
+                                               train_loop)
 from rl_plasticity.rundir import atomic_write
 from rl_plasticity.seeding import generators
 
@@ -152,12 +153,15 @@ class ContinualImageNetRun:
 
     def advance(self, logs, bar=None) -> None:
         self.net.train()
-        correct = 0
+        correct, loss_sum = 0, 0.0
         for idx in minibatches(len(self.train_y), self.cfg["batch_size"], self.data_generator):
             idx = idx.to(self.device)
             logits = self.net(self.train_x[idx])
             correct += int((logits.detach().argmax(1) == self.train_y[idx]).sum())
-            self.learner.update(F.cross_entropy(logits, self.train_y[idx]))
+            loss = F.cross_entropy(logits, self.train_y[idx])
+            self.learner.update(loss)
+            loss_sum += float(loss.detach())
+        check_finite(loss_sum, f"task {len(self.accuracies) + 1}, epoch {self.epoch + 1}")
         self.learner.end_epoch()
         self.epoch += 1
         self.epochs_done += 1

@@ -32,8 +32,9 @@ from rl_plasticity.core.resnet import ResNet18
 from rl_plasticity.datasets.cifar100 import EXPECTED, load_cifar100
 from rl_plasticity.datasets.transforms import random_crop_flip
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, load_net_buffers, minibatches, net_buffers,
-                                               resolve_device, summarize_tasks, train_loop)
+from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, check_finite, load_net_buffers,
+                                               minibatches, net_buffers, resolve_device, summarize_tasks,
+                                               train_loop)
 from rl_plasticity.rundir import atomic_write
 from rl_plasticity.seeding import generators
 
@@ -160,6 +161,7 @@ class IncrementalCifarRun:
             self.learner.update(loss)
             total_loss += float(loss.detach()) * len(y)
             n += len(y)
+        check_finite(total_loss, f"epoch {self.epochs_done + 1}")
         self.learner.end_epoch()
         self.epochs_done += 1
         logs.per_seed("losses/train", [total_loss / n], self.epochs_done)

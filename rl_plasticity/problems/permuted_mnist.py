@@ -22,8 +22,8 @@ from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, MLP
 from rl_plasticity.datasets.mnist import EXPECTED, mnist
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, resolve_device, summarize_tasks,
-                                               train_loop)
+from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, check_finite, resolve_device,
+                                               summarize_tasks, train_loop)
 from rl_plasticity.rundir import atomic_write
 from rl_plasticity.seeding import generators
 
@@ -110,11 +110,15 @@ class PermutedMNISTRun:
     def advance(self, logs, bar=None) -> None:
         stop = min(self.position + self.cfg["log"]["chunk"], self.per_task)
         X, Y = self._inputs(self.position, stop)
-        net, learner, correct, R = self.net, self.learner, self.correct, len(self.seeds)
+        net, learner, correct = self.net, self.learner, self.correct
+        loss_sum = torch.zeros((), device=self.device)
         for x, y in zip(X.unsqueeze(2).unbind(1), Y.unbind(1)):  # x [R, 1, 784], y [R]
             logits = net(x).squeeze(1)
             correct += logits.detach().argmax(1) == y
-            learner.update(F.cross_entropy(logits, y, reduction="sum"))
+            loss = F.cross_entropy(logits, y, reduction="sum")
+            learner.update(loss)
+            loss_sum += loss.detach()
+        check_finite(float(loss_sum), f"example {self.examples + 1:,} of the stream")
         self.examples += stop - self.position
         self.position = stop
         if self.position == self.per_task:

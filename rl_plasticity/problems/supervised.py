@@ -34,6 +34,12 @@ def check_data_path(cfg: dict, expected: str) -> None:
         raise UserError(f"data path {path} does not exist: expected {expected}")
 
 
+def check_finite(loss_sum: float, where: str) -> None:
+    """A diverged learner makes every later number meaningless: stop with a clear message."""
+    if not math.isfinite(loss_sum):
+        raise UserError(f"the training loss became NaN or inf at {where}; lower optimizer.lr")
+
+
 def mean_se(values: list[float]) -> dict:
     t = torch.tensor(values, dtype=torch.float64)
     se = float(t.std(unbiased=True) / math.sqrt(len(t))) if len(t) > 1 else float("nan")
