@@ -30,7 +30,15 @@ from rl_plasticity.errors import UserError
 from rl_plasticity.rundir import CONFIG_FILE, INFO_FILE, atomic_write
 from rl_plasticity.tblog import read_scalars
 
-DEFAULT_METRICS = {"ppo": ["charts/episodic_return"], "regression": ["charts/binned_error"]}
+DEFAULT_METRICS = {
+    "ppo": ["charts/episodic_return"],
+    "regression": ["charts/binned_error"],
+    "permuted_mnist": ["charts/task_accuracy"],
+    "continual_imagenet": ["charts/test_accuracy"],
+    "incremental_cifar": ["charts/test_accuracy"],
+}
+X_LABELS = {"ppo": "environment steps", "regression": "examples", "permuted_mnist": "examples",
+            "continual_imagenet": "task", "incremental_cifar": "epochs"}
 PHYSICS_TAGS = ("charts/friction", "charts/mass")
 CSV_FIELDS = ("metric", "learner", "bin_start", "bin_end", "mean", "se", "n_runs")
 _SEED_DIR = re.compile(r"^seed_\d+$")
@@ -149,13 +157,25 @@ def _listing(tags: list[str], limit: int = 40) -> str:
 
 
 def default_bin(runs: list[SeedRun], metric: str, target_bins: int = 100) -> int:
-    """About `target_bins` bins over the longest run, never finer than the metric's logging interval."""
+    """A round width giving about `target_bins` bins over the longest run.
+
+    A metric logged on a regular grid (every 20,000 examples) gets a whole number of grid steps per
+    bin, so no bin is half empty; episode returns, logged at uneven steps, get a round number.
+    """
     steps = [np.unique([s for s, _ in r.scalars[metric]]) for r in runs if metric in r.scalars]
     last = max(int(s[-1]) for s in steps)
     gaps = np.concatenate([np.diff(s) for s in steps if len(s) > 1] or [np.array([1])])
     interval = max(1, int(np.median(gaps)))
-    width = max(interval, math.ceil(last / target_bins))
-    return int(math.ceil(width / interval) * interval)  # whole logging intervals: no half-empty bins
+    wanted = max(1.0, last / target_bins)
+    if all(int(s[0]) % interval == 0 for s in steps) and not np.any(gaps % interval):
+        return interval * _round(max(1.0, wanted / interval))
+    return max(interval, _round(wanted))
+
+
+def _round(x: float) -> int:
+    """The nearest (on a log scale) of 1, 2, 5, 10, 20, 50... to `x` (>= 1)."""
+    candidates = [m * 10 ** k for k in range(len(str(int(x))) + 1) for m in (1, 2, 5)]
+    return min(candidates, key=lambda c: abs(math.log(c / x)))
 
 
 def bin_index(steps: np.ndarray, size: int) -> np.ndarray:
@@ -215,12 +235,8 @@ def learner_order(runs: list[SeedRun], paths: list[str]) -> list[str]:
 
 
 def x_label(runs: list[SeedRun]) -> str:
-    problems = {r.problem for r in runs}
-    if problems == {"ppo"}:
-        return "environment steps"
-    if problems == {"regression"}:
-        return "examples"
-    return "step"
+    labels = {X_LABELS.get(r.problem, "step") for r in runs}
+    return labels.pop() if len(labels) == 1 else "step"
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -249,28 +265,28 @@ def main(args) -> int:
                         + (f"; found {len(run_dirs)} run directories without TensorBoard logs" if run_dirs else ""))
     metrics = choose_metrics(runs, args.metric)
     learners = learner_order(runs, args.paths)
-    tables, bins = {}, {}
     for metric in metrics:
         missing = [r.name for r in runs if metric not in r.scalars]
         if missing:
             print(f"note: {len(missing)} of {len(runs)} runs have no {metric} (e.g. {missing[0]})", file=sys.stderr)
-        bins[metric] = args.bin or default_bin(runs, metric)
-        tables[metric] = binned_table(runs, metric, bins[metric], learners)
+    # One width for every panel, so the panels' points line up.
+    width = args.bin or max(default_bin(runs, metric) for metric in metrics)
+    tables = {metric: binned_table(runs, metric, width, learners) for metric in metrics}
     changes = physics_changes(runs)
     counts = {learner: sum(r.learner == learner for r in runs) for learner in learners}
     atomic_write(out, plot_comparison(tables, learners, counts, changes, x_label(runs), fmt=out.suffix[1:]))
     csv_path = out.with_suffix(".csv")
     write_csv(csv_path, [row for metric in metrics for row in tables[metric]])
-    print(_report(tables, learners, bins))
+    print(_report(tables, learners, width))
     print(f"wrote {out} and {csv_path}")
     return 0
 
 
-def _report(tables: dict, learners: list[str], bins: dict) -> str:
+def _report(tables: dict, learners: list[str], width: int) -> str:
     """The last bin of each metric per learner, as a quick look without opening the figure."""
     lines = []
     for metric, rows in tables.items():
-        lines.append(f"{metric} (bins of {bins[metric]:,} steps), last bin:")
+        lines.append(f"{metric} (bins of {width:,} steps), last bin:")
         for learner in learners:
             mine = [r for r in rows if r["learner"] == learner]
             if mine:

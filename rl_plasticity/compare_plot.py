@@ -25,6 +25,9 @@ def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: 
     for ax, (metric, rows) in zip(axes, tables.items()):
         for i, learner in enumerate(learners):
             mine = [r for r in rows if r["learner"] == learner]
+            # A bin only some seeds reached (a run's ragged end, runs still going) would show as a jump.
+            full = max((r["n_runs"] for r in mine), default=0)
+            mine = [r for r in mine if 2 * r["n_runs"] >= full]
             if not mine:
                 continue
             x = [r["bin_end"] for r in mine]
@@ -46,7 +49,8 @@ def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: 
     axes[-1].xaxis.set_major_formatter(FuncFormatter(_short_number))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False, fontsize=9)
-    fig.text(0.99, 0.005, "mean +- 1 standard error over seeds", ha="right", va="bottom", fontsize=7, color="0.4")
+    fig.text(0.99, 0.005, "mean +- 1 standard error over seeds; bins that fewer than half of a learner's seeds "
+             "reached are left out (they are in the CSV)", ha="right", va="bottom", fontsize=7, color="0.4")
     top = 1 - 0.42 * (1 + (len(labels) - 1) // 4) / fig.get_figheight()  # room for the legend rows
     fig.tight_layout(rect=(0, 0.02, 1, top))
     buf = io.BytesIO()

@@ -18,6 +18,9 @@ PROBLEM_CHARTS = {
     "regression": [("binned squared error", [r"^charts/binned_error$"])],
     "ppo": [("episodic return", [r"^charts/episodic_return$"]),
             ("friction / mass", [r"^charts/(friction|mass)$"])],
+    "permuted_mnist": [("accuracy per task", [r"^charts/task_accuracy$"])],
+    "continual_imagenet": [("test accuracy per task", [r"^charts/test_accuracy$"])],
+    "incremental_cifar": [("test accuracy", [r"^charts/test_accuracy$"]), ("classes", [r"^charts/classes$"])],
 }
 PLASTICITY_CHARTS = [
     ("dormant fraction", [r"^plasticity/.*/dormant_fraction$"]),
