@@ -279,6 +279,9 @@ def test_incremental_cifar_resume_equals_uninterrupted_with_retraining(tmp_path)
     straight, _ = _resume_matches(tmp_path, lambda: incremental_cifar.IncrementalCifarRun(cfg, 0, data),
                                   stop_after=3)
     assert [h["classes"] for h in straight.history] == [3, 6]
+    straight._restart_network()
+    assert all(torch.all(t == 0) for t in straight.learner.optimizer.state["momentum"])
+    assert all(torch.all(b.running_var == 1) for b in straight.net.modules() if hasattr(b, "running_var"))
     assert {"test_accuracy", "features/stable_rank", "block0.0/dormant_fraction"} <= set(straight.history[0])
 
 

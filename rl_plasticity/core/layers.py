@@ -44,8 +44,9 @@ class Linear(nn.Module):
 
     def sample_weights(self, rows: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Fresh incoming weights for `rows` units of one replica, from the layer's init distribution."""
-        w = torch.empty(rows, self.in_features, dtype=self.weight.dtype, device=self.weight.device)
-        return w.uniform_(-self.bound, self.bound, generator=generator)
+        # Drawn on the CPU (where the generators live), so every device gets the same numbers.
+        w = torch.empty(rows, self.in_features, dtype=self.weight.dtype)
+        return w.uniform_(-self.bound, self.bound, generator=generator).to(self.weight.device)
 
     @torch.no_grad()
     def reset_parameters(self, generators: list[torch.Generator | None]) -> None:

@@ -29,6 +29,7 @@ from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_lea
 from rl_plasticity.core.methods.head_reset import HeadReset
 from rl_plasticity.core.metrics import dormant_fraction, probe_metrics, stable_rank
 from rl_plasticity.core.resnet import ResNet18
+from rl_plasticity.core.units import ParamUnits, rows
 from rl_plasticity.datasets.cifar100 import EXPECTED, load_cifar100
 from rl_plasticity.datasets.transforms import random_crop_flip
 from rl_plasticity.errors import UserError
@@ -206,8 +207,9 @@ class IncrementalCifarRun:
     def _restart_network(self) -> None:
         """Retrain from scratch: fresh weights, batch-norm statistics and optimizer state."""
         self.net.reset_parameters(self.init_generators)
-        fresh = type(self.learner.optimizer)(self.learner.params, lr=1.0)  # zero / initial state
-        self.learner.optimizer.load_state_dict(fresh.state_dict())
+        for p in self.learner.params:  # every unit of every parameter: the optimizer's fresh state
+            everything = torch.ones(p.shape[:2], dtype=torch.bool, device=p.device)
+            self.learner.optimizer.reset_units(ParamUnits(p, rows), everything)
 
     def state_dict(self) -> dict:
         return {"learner": self.learner.state_dict(), "buffers": net_buffers(self.net),

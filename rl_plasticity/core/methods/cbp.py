@@ -44,11 +44,12 @@ class ContinualBackprop(PlasticityMethod):
         self.replacement_rate, self.maturity_threshold = replacement_rate, maturity_threshold
         self.decay_rate, self.utility_type, self.transfer_mean_to_bias = decay_rate, utility, transfer_mean_to_bias
         self.log_decay = math.log(decay_rate) if decay_rate > 0 else -math.inf
-        self.age = [torch.zeros(g.replicas, g.num_units) for g in groups]
-        self.utility = [torch.zeros(g.replicas, g.num_units) for g in groups]
-        self.mean_activation = [torch.zeros(g.replicas, g.num_units) for g in groups]
-        self.accumulator = [torch.zeros(g.replicas, dtype=torch.float64) for g in groups]
-        self.replacements = [torch.zeros(g.replicas, dtype=torch.long) for g in groups]
+        dev = [g.incoming.weight.device for g in groups]  # state lives beside the units it describes
+        self.age = [torch.zeros(g.replicas, g.num_units, device=d) for g, d in zip(groups, dev)]
+        self.utility = [torch.zeros(g.replicas, g.num_units, device=d) for g, d in zip(groups, dev)]
+        self.mean_activation = [torch.zeros(g.replicas, g.num_units, device=d) for g, d in zip(groups, dev)]
+        self.accumulator = [torch.zeros(g.replicas, dtype=torch.float64, device=d) for g, d in zip(groups, dev)]
+        self.replacements = [torch.zeros(g.replicas, dtype=torch.long, device=d) for g, d in zip(groups, dev)]
 
     def _bias_correction(self, age: torch.Tensor) -> torch.Tensor:
         return -torch.expm1(age * self.log_decay)  # 1 - d^age, accurate for small ages
@@ -95,7 +96,7 @@ class ContinualBackprop(PlasticityMethod):
         for r in (n_replace > 0).nonzero().flatten().tolist():
             candidates = eligible[r].nonzero().flatten()
             if self.utility_type == "random":
-                scores = torch.rand(len(candidates), generator=self.generators[r])
+                scores = torch.rand(len(candidates), generator=self.generators[r]).to(candidates.device)
             else:
                 scores = utility[r, candidates]
             k = min(int(n_replace[r]), len(candidates))

@@ -30,7 +30,7 @@ class ReDo(PlasticityMethod):
         self.groups, self.optimizer, self.generators = groups, optimizer, generators
         self.threshold, self.every = threshold, every
         self.steps = 0
-        self.resets = [torch.zeros(g.replicas, dtype=torch.long) for g in groups]
+        self.resets = [torch.zeros(g.replicas, dtype=torch.long, device=g.incoming.weight.device) for g in groups]
 
     @torch.no_grad()
     def after_step(self, learner=None) -> None:

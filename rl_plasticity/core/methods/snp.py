@@ -33,7 +33,9 @@ class ShrinkPerturb(PlasticityMethod):
     def _next_noise(self) -> list[torch.Tensor]:
         if self.position == CHUNK_STEPS:
             n = sum(self.sizes)
-            self.buffer = torch.stack([torch.randn(CHUNK_STEPS, n, generator=g) for g in self.generators])
+            # Drawn on the CPU (where the generators live), then moved beside the parameters.
+            noise = torch.stack([torch.randn(CHUNK_STEPS, n, generator=g) for g in self.generators])
+            self.buffer = noise.to(self.params[0].device)
             self.position = 0
         flat = self.buffer[:, self.position]
         self.position += 1
@@ -51,4 +53,4 @@ class ShrinkPerturb(PlasticityMethod):
 
     def load_state_dict(self, sd: dict) -> None:
         self.position = int(sd["position"])
-        self.buffer = None if sd["buffer"] is None else sd["buffer"].clone()
+        self.buffer = None if sd["buffer"] is None else sd["buffer"].to(self.params[0].device, copy=True)
