@@ -141,10 +141,15 @@ class IncrementalCifarRun:
         def pick(images, labels):
             pos = self.position[labels]
             keep = pos < self.seen
-            x = (images[keep].float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-            return x.to(self.device), pos[keep].to(self.device)
+            return images[keep].to(self.device), pos[keep].to(self.device)  # uint8: 4x less memory
         self.train_x, self.train_y = pick(*self.train)
         self.test_x, self.test_y = pick(*self.test)
+
+    def _floats(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, 32, 32] -> standardised floats."""
+        mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+        return (images.float() / 255 - mean) / std
 
     def _lr(self) -> float:
         epoch_in_increment = self.epochs_done % self.cfg["epochs_per_increment"]
@@ -156,7 +161,7 @@ class IncrementalCifarRun:
         self.net.train()
         total_loss, n = 0.0, 0
         for idx in minibatches(len(self.train_y), self.cfg["batch_size"], self.data_generator):
-            x = random_crop_flip(self.train_x[idx.to(self.device)], self.data_generator)
+            x = random_crop_flip(self._floats(self.train_x[idx.to(self.device)]), self.data_generator)
             y = self.train_y[idx.to(self.device)]
             loss = F.cross_entropy(self.net(x)[:, :self.seen], y)
             self.learner.update(loss)
@@ -173,9 +178,9 @@ class IncrementalCifarRun:
     def evaluate(self) -> dict:
         self.net.eval()
         correct = sum(int((self.net(x)[:, :self.seen].argmax(1) == y).sum())
-                      for x, y in zip(self.test_x.split(500), self.test_y.split(500)))
+                      for x, y in zip(map(self._floats, self.test_x.split(500)), self.test_y.split(500)))
         metrics = {"test_accuracy": correct / len(self.test_y)}
-        probe = self.test_x[: self.cfg["log"]["probe_size"]]
+        probe = self._floats(self.test_x[: self.cfg["log"]["probe_size"]])
         for name, values in probe_metrics(self.net, probe).items():
             metrics[name] = float(values[0])
         features = self.net.features.unsqueeze(0)  # set by the probe's forward
