@@ -1,9 +1,10 @@
 """Shrink-and-perturb (Ash & Adams, 2020), applied after every optimizer step:
     theta <- (1 - shrink) * theta + noise_std * N(0, 1)
 
-Each replica draws its noise from its own generator, in chunks of many steps at once (one draw per
-chunk instead of one per step and tensor); a replica's noise sequence does not depend on how many
-replicas run beside it.
+Each replica draws its noise from its own generator, in chunks of several steps at once (one draw
+per chunk instead of one per step and tensor; small nets get long chunks, big nets short ones so the
+buffer, which checkpoints carry, stays around a million numbers); a replica's noise sequence does
+not depend on how many replicas run beside it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import torch
 
 from rl_plasticity.core.methods.base import PlasticityMethod
 
-CHUNK_STEPS = 256
+MAX_CHUNK_STEPS = 256
+BUFFER_NUMBERS = 2**20  # per replica
 
 
 class ShrinkPerturb(PlasticityMethod):
@@ -27,14 +29,15 @@ class ShrinkPerturb(PlasticityMethod):
         self.shrink, self.noise_std = shrink, noise_std
         # Every param has the replica axis first; a replica's slice of all params is one flat vector.
         self.sizes = [p[0].numel() for p in self.params]
-        self.buffer: torch.Tensor | None = None  # [R, CHUNK_STEPS, sum(sizes)]
-        self.position = CHUNK_STEPS
+        self.chunk_steps = max(1, min(MAX_CHUNK_STEPS, BUFFER_NUMBERS // sum(self.sizes)))
+        self.buffer: torch.Tensor | None = None  # [R, chunk_steps, sum(sizes)]
+        self.position = self.chunk_steps
 
     def _next_noise(self) -> list[torch.Tensor]:
-        if self.position == CHUNK_STEPS:
+        if self.position == self.chunk_steps:
             n = sum(self.sizes)
             # Drawn on the CPU (where the generators live), then moved beside the parameters.
-            noise = torch.stack([torch.randn(CHUNK_STEPS, n, generator=g) for g in self.generators])
+            noise = torch.stack([torch.randn(self.chunk_steps, n, generator=g) for g in self.generators])
             self.buffer = noise.to(self.params[0].device)
             self.position = 0
         flat = self.buffer[:, self.position]
