@@ -1,4 +1,4 @@
-"""Command line: `rl-plasticity train|sweep|compare|bench ...`."""
+"""Command line: `rl-plasticity train|sweep|compare|evaluate|bench ...`."""
 
 from __future__ import annotations
 
@@ -51,6 +51,35 @@ def _add_compare(sub) -> None:
     p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.compare").main(args))
 
 
+def _add_evaluate(sub) -> None:
+    from rl_plasticity.eval_env import BOUNDS
+
+    bounds = "; ".join(f"{k.replace('_', ' ')} in [{lo:g}, {hi:g}]" for k, (lo, hi) in BOUNDS.items())
+    p = sub.add_parser("evaluate", help="run a saved PPO policy on chosen physics; table, mp4 video, sweeps",
+                       description=f"Evaluate a saved PPO policy. Supported physics values: {bounds}.")
+    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="a run directory (its latest checkpoint) or RUN_DIR/checkpoints/ckpt-N.pt")
+    p.add_argument("--episodes", type=int, default=5, help="episodes per physics value (default 5)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--friction", type=float, help="sliding friction of all geoms")
+    where.add_argument("--mass", type=float, help="factor on all body masses and inertias")
+    where.add_argument("--phase", type=int, metavar="K", help="the physics of phase K of the run's own schedule")
+    where.add_argument("--sweep-friction", metavar="F1,F2,...", help="evaluate at each friction; table, PNG and CSV")
+    where.add_argument("--sweep-mass", metavar="M1,M2,...", help="evaluate at each mass scale; table, PNG and CSV")
+    p.add_argument("--deterministic", action="store_true", help="act with the policy mean (default: sample)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the env resets and action noise (default 0)")
+    p.add_argument("--max-episode-steps", type=int, metavar="N",
+                   help="cut episodes at N steps (default: the run's limit)")
+    p.add_argument("--video", metavar="OUT.mp4", help="film the first episode (with a sweep: one file per value)")
+    p.add_argument("--video-size", type=int, default=480, metavar="PX",
+                   help="video frame side in pixels, a multiple of 16 (default 480)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="add the results and a video (animated GIF in the Images tab) to the run's TensorBoard")
+    p.add_argument("--plot", metavar="OUT.png",
+                   help="sweep plot (default RUN_DIR/eval/sweep-<kind>-step<N>.png); the CSV goes beside it")
+    p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.evaluate").main(args))
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="speed benchmarks that print numbers")
     bench_sub = p.add_subparsers(dest="bench", required=True)
@@ -76,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sweep(sub)
     _add_compare(sub)
+    _add_evaluate(sub)
     _add_bench(sub)
     return parser
 

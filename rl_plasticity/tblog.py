@@ -71,6 +71,22 @@ class TBLogger:
 
     # Media (videos of a policy, images) belong here, next to the other value kinds.
 
+    def video(self, tag: str, frames: Any, step: int, fps: float = 20.0) -> None:
+        """Log RGB frames (T x H x W x 3 uint8) as an animated GIF in the Images dashboard.
+
+        This is what `SummaryWriter.add_video` writes, encoded with Pillow instead of moviepy
+        (which add_video needs and this toolkit does not install). Nothing is logged for no frames.
+        """
+        if frames is None or len(frames) == 0:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        from rl_plasticity.video import encode_gif
+
+        height, width = np.asarray(frames[0]).shape[:2]
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encode_gif(frames, fps))
+        self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), int(step))
+
     def flush(self) -> None:
         """Push pending events to disk."""
         if self._writer is not None:

@@ -59,6 +59,9 @@ DEFAULTS = {
     "net": {"hidden": [256, 256], "activation": "relu", "init": "lecun"},
     **METHOD_DEFAULTS,
     "log": {"metrics_every": 50_000, "probe_size": 2048, "checkpoint_every": 500_000, "return_window": 20},
+    # Evaluation episodes at the end of each physics phase (and of the run), logged under eval/;
+    # they use their own env and random streams, so training's numbers do not change.
+    "eval": {"at_phase_end": False, "episodes": 5, "deterministic": True, "video": False, "video_size": 240},
     "torch_threads": 1,
 }
 DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "name": "adam", "lr": 1e-4}
@@ -84,6 +87,8 @@ RULES = {
     "log.probe_size": Range(low=1),
     "log.checkpoint_every": Range(low=1),
     "log.return_window": Range(low=1),
+    "eval.episodes": Range(low=1),
+    "eval.video_size": Range(low=16),
     "torch_threads": Range(low=1),
 }
 
@@ -114,6 +119,10 @@ def check(cfg: dict) -> None:
     if p["rollout_steps"] % p["minibatch_size"]:
         raise UserError(f"config key 'ppo.rollout_steps' ({p['rollout_steps']}) must be a multiple of "
                         f"'ppo.minibatch_size' ({p['minibatch_size']})")
+    if cfg["eval"]["video"]:
+        from rl_plasticity.video import check_frame_size
+
+        check_frame_size(cfg["eval"]["video_size"])
     if cfg["optimizer"]["name"] != "adam":
         raise UserError("config key 'optimizer.name' must be 'adam' for PPO (the paper's learners all use Adam)")
 
@@ -191,7 +200,7 @@ class PPORun:
 
     def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
         saved = json.loads(sd["config"])
-        if saved != json.loads(json.dumps(self.cfg, sort_keys=True)) or sd["seed"] != self.seed:
+        if comparable_config(saved) != comparable_config(self.cfg) or sd["seed"] != self.seed:
             diff = sorted(_differences(saved, self.cfg))
             what = f"keys {', '.join(diff[:5])}" if diff else f"seed {sd['seed']} vs {self.seed}"
             raise UserError(f"{source} belongs to another run configuration ({what} differ); "
@@ -204,6 +213,12 @@ class PPORun:
         self.returns.extend(float(r) for r in sd["returns"])
         for k, w in self.weight_change.items():
             w.previous = [t.clone() for t in sd["weight_change_ref"][k]]
+
+
+def comparable_config(cfg: dict) -> dict:
+    """The part of a config a checkpoint must match, as plain JSON data. Evaluation settings are left
+    out: they do not change training, and runs checkpointed before they existed must still resume."""
+    return {k: v for k, v in json.loads(json.dumps(cfg, sort_keys=True)).items() if k != "eval"}
 
 
 def _differences(a, b, prefix: str = "") -> list[str]:
@@ -240,6 +255,11 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
     bar = progress_bar(total=total, desc=f"ppo {cfg['env']['id'].split('/')[-1]} seed {seeds[0]}", unit="step",
                        initial=state.steps)
     last_ckpt, last_metrics = state.steps // L["checkpoint_every"], state.steps // L["metrics_every"]
+    phase_eval = None
+    if cfg["eval"]["at_phase_end"]:
+        from rl_plasticity.evaluate import PhaseEndEvaluation
+
+        phase_eval = PhaseEndEvaluation(state, log)
     with GracefulStop() as stop:
         try:
             while state.steps < total and not stop.requested:
@@ -264,6 +284,8 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
                 if step // L["metrics_every"] != last_metrics:
                     last_metrics = step // L["metrics_every"]
                     _log_probe_metrics(state, log, step)
+                if phase_eval is not None:
+                    phase_eval.after_update()
                 bar.update(state.buffer.steps)
                 postfix = {"ret": f"{np.mean(state.returns):.0f}" if state.returns else "-"}
                 if kind:
@@ -272,6 +294,8 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
                 if step // L["checkpoint_every"] != last_ckpt or step >= total or stop.requested:
                     last_ckpt = step // L["checkpoint_every"]
                     save_checkpoint_in(run_dir, step, state.state_dict())
+            if phase_eval is not None and state.steps >= total:
+                phase_eval.at_run_end()
         finally:
             bar.close()
             log.close()

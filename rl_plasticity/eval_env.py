@@ -1,0 +1,126 @@
+"""An environment for evaluation: a run's env, held at one chosen physics value, optionally rendering.
+
+Physics is named by kind, as the env wrappers name it: "friction" (sliding coefficient of all geoms,
+absolute) or "mass_scale" (factor on every body's mass and inertia). A run's non-stationary env gets
+the value as its schedule's only value (`values=[v]`); the other kind, and any kind on a stationary
+env, is set on the MuJoCo model directly (envs.physics), where it survives resets.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import gymnasium as gym
+from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
+
+from rl_plasticity.errors import UserError
+from rl_plasticity.video import TRACKING_CAMERA, check_frame_size, use_headless_gl
+
+use_headless_gl()  # before anything imports mujoco
+
+KINDS = ("friction", "mass_scale")
+OPTION = {"friction": "--friction", "mass_scale": "--mass"}
+# Sane bounds, documented in the CLI help. Friction below 1e-3 leaves nothing to push against and
+# above 10 every contact sticks; masses scaled beyond 20x either way make the Ant's motors either
+# unable to lift it or able to fling it, and the integrator goes unstable at the extremes. The
+# paper's ranges (friction 0.02-2, mass 0.5-2) sit well inside.
+BOUNDS = {"friction": (1e-3, 10.0), "mass_scale": (0.05, 20.0)}
+# The Ant's own values: the schedule of a run's env is held here when the other kind is evaluated.
+BASE_VALUE = {"friction": 1.0, "mass_scale": 1.0}
+
+
+@dataclass(frozen=True)
+class Physics:
+    kind: str
+    value: float
+
+    @property
+    def name(self) -> str:
+        """Short name for labels, file names and tags: friction, mass."""
+        return "mass" if self.kind == "mass_scale" else self.kind
+
+    def label(self) -> str:
+        return f"{self.name} {self.value:.4g}"
+
+
+def physics(kind: str, value: float) -> Physics:
+    """A checked physics value: positive, finite and within BOUNDS; otherwise a UserError."""
+    if kind not in KINDS:
+        raise UserError(f"physics kind must be one of {KINDS}, got {kind!r}")
+    low, high = BOUNDS[kind]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{OPTION[kind]} must be a positive number, got {value!r}")
+    if not low <= value <= high:
+        raise UserError(f"{OPTION[kind]} {value:g} is outside the supported range [{low:g}, {high:g}]")
+    return Physics(kind, float(value))
+
+
+def schedule_kind(env_id: str) -> str | None:
+    """The kind a registered non-stationary env schedules, None for a stationary env."""
+    import envs
+
+    return {envs.FRICTION_ANT_ID: "friction", envs.MASS_ANT_ID: "mass_scale"}.get(env_id)
+
+
+def make_eval_env(cfg: dict, target: Physics | None, render_size: int | None = None) -> tuple[gym.Env, int]:
+    """(env, episode step limit) for a resolved PPO config, at `target` physics (None: the env's own).
+
+    The returned env has no time-limit or order wrappers: callers count steps against the limit,
+    as the training runner does. With `render_size`, `env.render()` returns square RGB frames from
+    the tracking camera.
+    """
+    from envs.physics import MassScaler, find_mujoco_model, set_sliding_friction
+    from rl_plasticity.problems.ppo import make_env
+
+    cfg = copy.deepcopy(cfg)
+    kwargs = dict(cfg["env"]["kwargs"])
+    if render_size is not None:
+        size = check_frame_size(render_size)
+        kwargs.update(render_mode="rgb_array", width=size, height=size, camera_name=TRACKING_CAMERA)
+    own = schedule_kind(cfg["env"]["id"])
+    if own is not None and target is not None:
+        kwargs["values"] = [target.value if target.kind == own else BASE_VALUE[own]]
+    cfg["env"]["kwargs"] = kwargs
+    env, limit = make_env(cfg)
+    while isinstance(env, (TimeLimit, OrderEnforcing, PassiveEnvChecker)):
+        env = env.env
+    if target is not None and target.kind != own:
+        model, data = find_mujoco_model(env)
+        if target.kind == "friction":
+            set_sliding_friction(model, target.value)
+        else:
+            MassScaler(model).apply(model, data, target.value)
+    return env, limit
+
+
+def phase_physics(cfg: dict, seed: int, phase: int) -> Physics:
+    """The physics of phase `phase` of the run (cfg, seed): its schedule replayed, no env stepped.
+
+    The training runner seeds its env with derive_seed(seed, "env"); the schedule draws from that
+    seed, so starting a fresh env the same way and moving its schedule to the phase's first step
+    gives the same value.
+    """
+    from agents.env_runner import find_schedule
+    from envs import DEFAULT_CHANGE_EVERY
+    from rl_plasticity.problems.ppo import make_env
+    from rl_plasticity.seeding import derive_seed
+
+    kind = schedule_kind(cfg["env"]["id"])
+    if kind is None:
+        raise UserError(f"--phase needs a run on a non-stationary env; {cfg['env']['id']!r} has one physics")
+    if isinstance(phase, bool) or not isinstance(phase, int) or phase < 0:
+        raise UserError(f"--phase must be an integer >= 0, got {phase!r}")
+    change_every = cfg["env"]["change_every"] or cfg["env"]["kwargs"].get("change_every", DEFAULT_CHANGE_EVERY)
+    env, _ = make_env(cfg)
+    try:
+        schedule = find_schedule(env)
+        env.reset(seed=derive_seed(seed, "env"))
+        state = schedule.get_schedule_state()
+        state.update(steps=phase * change_every, pending=phase > 0)
+        schedule.set_schedule_state(state)
+        env.reset()  # the switch happens at a reset
+        return Physics(kind, float(schedule.physics_value))
+    finally:
+        env.close()
