@@ -5,8 +5,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import torch
 
 from rl_plasticity.checkpoint import latest_checkpoint, list_checkpoints
+from rl_plasticity.cli import main
 from rl_plasticity.config import read_yaml
 from rl_plasticity.datasets.cifar100 import load_cifar100
 from rl_plasticity.datasets.imagenet32 import load_imagenet32
@@ -27,6 +26,15 @@ from rl_plasticity.train import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: extra threads only add overhead (and stall badly on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- tiny files in every format
@@ -285,17 +293,25 @@ def test_incremental_cifar_resume_equals_uninterrupted_with_retraining(tmp_path)
     assert {"test_accuracy", "features/stable_rank", "block0.0/dormant_fraction"} <= set(straight.history[0])
 
 
-def cli(*args):
-    env = {**os.environ, "RL_PLASTICITY_NO_PROGRESS": "1"}
-    return subprocess.run([sys.executable, "-m", "rl_plasticity.cli", *args], capture_output=True, text=True,
-                          env=env)
+class _Result:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """The command line, run in this process (no interpreter start-up per call)."""
+    def run(*args):
+        code = main(list(args))
+        return _Result(code, capsys.readouterr().err)
+    return run
 
 
 def sets(*items):
     return [x for s in items for x in ("--set", s)]
 
 
-def test_train_cli_on_each_benchmark(tmp_path):
+def test_train_cli_on_each_benchmark(tmp_path, cli):
     write_mnist_idx(tmp_path / "mnist", gz=True)
     r = cli("train", str(ROOT / "configs/permuted_mnist/snp.yaml"), "--out", str(tmp_path / "pm"), "--seeds", "2",
             *sets(f"data.path={tmp_path / 'mnist'}", "tasks=2", "examples_per_task=30", "net.hidden=[8]"))
@@ -331,13 +347,13 @@ def test_train_cli_on_each_benchmark(tmp_path):
     ("incremental_cifar/base.yaml", ["data.path=/no/such/c"], ["/no/such/c", "train, test and meta"]),
     ("permuted_mnist/bp.yaml", ["device=tpu"], ["device", "'cpu', 'cuda'"]),
 ])
-def test_bad_data_paths_are_one_clear_error(tmp_path, config, overrides, words):
+def test_bad_data_paths_are_one_clear_error(tmp_path, cli, config, overrides, words):
     r = cli("train", str(ROOT / "configs" / config), "--out", str(tmp_path / "run"), *sets(*overrides))
     assert r.returncode == 2 and all(w in r.stderr for w in words), r.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_data_format_found_at_load_is_one_clear_error(tmp_path):
+def test_bad_data_format_found_at_load_is_one_clear_error(tmp_path, cli):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("hello")
     r = cli("train", str(ROOT / "configs/continual_imagenet/bp.yaml"), "--out", str(tmp_path / "run"),
@@ -346,7 +362,7 @@ def test_bad_data_format_found_at_load_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
-def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, cli):
     r = cli("train", str(ROOT / "configs/permuted_mnist/bp.yaml"), "--out", str(tmp_path / "run"),
             *sets("device=cuda", "tasks=1", "examples_per_task=10", "net.hidden=[4]"))
     assert r.returncode == 2 and "CUDA" in r.stderr

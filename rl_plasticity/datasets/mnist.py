@@ -56,7 +56,7 @@ def _checked(x: np.ndarray, y: np.ndarray, where: Path) -> tuple[np.ndarray, np.
                         "expected [N, 28, 28] and [N]")
     if len(y) and (y.min() < 0 or y.max() > 9):
         raise UserError(f"MNIST labels at {where} must be digits 0-9")
-    return np.ascontiguousarray(x, dtype=np.uint8), y.astype(np.int64)
+    return np.array(x, dtype=np.uint8), y.astype(np.int64)  # a writable copy (IDX data is a read-only buffer)
 
 
 def load_mnist(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
