@@ -366,3 +366,10 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, cli):
     r = cli("train", str(ROOT / "configs/permuted_mnist/bp.yaml"), "--out", str(tmp_path / "run"),
             *sets("device=cuda", "tasks=1", "examples_per_task=10", "net.hidden=[4]"))
     assert r.returncode == 2 and "CUDA" in r.stderr
+
+
+def test_supervised_bench_is_registered_with_its_options():
+    from rl_plasticity.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "supervised", "--json", "--learners", "cbp", "--width", "8"])
+    assert args.json and args.learners == "cbp" and args.width == 8 and args.device == "cpu"
