@@ -114,7 +114,7 @@ class ContinualImageNetRun:
         self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators)
         # Every learner starts each task with a fresh 2-way head: the labels mean something new.
         self.learner.methods.append(HeadReset(self.net.head, self.learner.optimizer, self.method_generators))
-        self.task, self.epoch, self.epochs_done = 0, 0, 0
+        self.epoch, self.epochs_done = 0, 0  # epoch within the current task; epochs over all tasks
         self.accuracies: list[float] = []
         self.pair: list[int] = []
         self._start_task()
