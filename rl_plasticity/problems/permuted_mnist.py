@@ -110,10 +110,10 @@ class PermutedMNISTRun:
     def advance(self, logs, bar=None) -> None:
         stop = min(self.position + self.cfg["log"]["chunk"], self.per_task)
         X, Y = self._inputs(self.position, stop)
-        net, learner, correct = self.net, self.learner, self.correct
+        net, learner, correct, R = self.net, self.learner, self.correct, len(self.seeds)
         loss_sum = torch.zeros((), device=self.device)
         for x, y in zip(X.unsqueeze(2).unbind(1), Y.unbind(1)):  # x [R, 1, 784], y [R]
-            logits = net(x).squeeze(1)
+            logits = net(x[0] if R == 1 else x).reshape(R, -1)  # one seed: the faster plain [B, in] path
             correct += logits.detach().argmax(1) == y
             loss = F.cross_entropy(logits, y, reduction="sum")
             learner.update(loss)
