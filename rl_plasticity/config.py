@@ -167,6 +167,23 @@ class OneOf(Rule):
         return f"OneOf{self.choices!r}"
 
 
+class LayerSizes(Rule):
+    """A list of positive integers (hidden-layer widths), with at least `min_len` entries."""
+
+    def __init__(self, min_len: int = 0):
+        self.min_len = min_len
+
+    def problem(self, value: Any) -> str | None:
+        sizes_ok = isinstance(value, list) and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
+                                                   for h in value)
+        if sizes_ok and len(value) >= self.min_len:
+            return None
+        return "must be a " + ("non-empty " if self.min_len else "") + "list of positive integers"
+
+    def __repr__(self) -> str:
+        return f"LayerSizes(min_len={self.min_len})"
+
+
 # --------------------------------------------------------------------------- validation
 
 

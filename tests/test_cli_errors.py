@@ -25,6 +25,7 @@ def train(tmp_path, *args):
     (["--set", "examples=0"], ["examples", "> 0"]),
     (["--set", "optimizer.lr=true"], ["optimizer.lr"]),
     (["--set", "examples"], ["examples"]),
+    (["--set", "net.hidden=[0]"], ["net.hidden", "list of positive integers"]),
     (["--seeds", "0"], ["--seeds"]),
 ])
 def test_bad_config_values(tmp_path, args, words):

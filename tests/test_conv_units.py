@@ -15,13 +15,7 @@ from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.core.optim import SGD, Adam
 from rl_plasticity.core.resnet import ResNet18
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: extra threads only add overhead (and stall badly on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Conv 1->2 channels (1x1 kernels, weights [1, 0.5]) on one 2x2 image [[1, 2], [3, 4]], flattened into

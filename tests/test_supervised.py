@@ -28,13 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: extra threads only add overhead (and stall badly on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- tiny files in every format

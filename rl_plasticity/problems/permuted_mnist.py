@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rl_plasticity.config import OneOf, Range
+from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import probe_metrics
@@ -44,6 +44,7 @@ RULES = {
     "tasks": Range(low=1),
     "examples_per_task": Range(low=1),
     "net.activation": OneOf(*ACTIVATIONS),
+    "net.hidden": LayerSizes(),
     "net.init": OneOf(*INITS),
     "log.chunk": Range(low=1),
     "log.probe_size": Range(low=1),
@@ -52,8 +53,6 @@ RULES = {
 
 
 def check(cfg: dict) -> None:
-    if any(not isinstance(h, int) or h < 1 for h in cfg["net"]["hidden"]):
-        raise UserError(f"config key 'net.hidden' must be a list of positive integers, got {cfg['net']['hidden']}")
     check_data_path(cfg, EXPECTED)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rl_plasticity.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint_in
-from rl_plasticity.config import OneOf, Range
+from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES
 from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import WeightChange, probe_metrics
@@ -82,6 +82,7 @@ RULES = {
     "ppo.clip_obs": Range(low=0, low_open=True),
     "ppo.clip_reward": Range(low=0, low_open=True),
     "net.activation": OneOf("relu"),
+    "net.hidden": LayerSizes(min_len=1),
     "net.init": OneOf(*INITS),
     "log.metrics_every": Range(low=1),
     "log.probe_size": Range(low=1),
@@ -112,9 +113,6 @@ def check(cfg: dict) -> None:
     if vr is not None and (not isinstance(vr, list) or len(vr) != 2
                            or not all(isinstance(v, (int, float)) and v > 0 for v in vr) or vr[0] > vr[1]):
         raise UserError(f"config key 'env.value_range' must be [low, high] with 0 < low <= high, got {vr!r}")
-    hidden = cfg["net"]["hidden"]
-    if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
-        raise UserError(f"config key 'net.hidden' must be a non-empty list of positive integers, got {hidden!r}")
     p = cfg["ppo"]
     if p["rollout_steps"] % p["minibatch_size"]:
         raise UserError(f"config key 'ppo.rollout_steps' ({p['rollout_steps']}) must be a multiple of "

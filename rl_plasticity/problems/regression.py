@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from rl_plasticity.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint_in
-from rl_plasticity.config import OneOf, Range
+from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import WeightChange, probe_metrics
@@ -45,6 +45,7 @@ RULES = {
     "stream.change_every": Range(low=1),
     "stream.target_hidden": Range(low=1),
     "net.activation": OneOf(*ACTIVATIONS),
+    "net.hidden": LayerSizes(),
     "net.init": OneOf(*INITS),
     "log.metrics_every": Range(low=1),
     "log.probe_size": Range(low=1),
@@ -57,8 +58,6 @@ def check(cfg: dict) -> None:
     s = cfg["stream"]
     if s["slow_bits"] > s["inputs"]:
         raise UserError(f"config key 'stream.slow_bits' ({s['slow_bits']}) must be <= 'stream.inputs' ({s['inputs']})")
-    if any(not isinstance(h, int) or h < 1 for h in cfg["net"]["hidden"]):
-        raise UserError(f"config key 'net.hidden' must be a list of positive integers, got {cfg['net']['hidden']}")
     if cfg["log"]["probe_size"] > s["change_every"]:
         raise UserError("config key 'log.probe_size' must be <= 'stream.change_every' (the probe is drawn from one phase)")
     for key, value in (("bin_size", cfg["bin_size"]), ("log.metrics_every", cfg["log"]["metrics_every"]),
