@@ -7,7 +7,6 @@ seed run beside 29 others gives the same numbers as that seed run by itself.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -20,10 +19,10 @@ from rl_plasticity.core.metrics import WeightChange, probe_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, MLP
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.regression_data import RegressionStream
+from rl_plasticity.problems.supervised import SeedLogs, mean_se
 from rl_plasticity.progress import GracefulStop, progress_bar
 from rl_plasticity.rundir import atomic_write
 from rl_plasticity.seeding import generators
-from rl_plasticity.tblog import TBLogger
 
 DEFAULTS = {
     "problem": "regression",
@@ -123,31 +122,8 @@ def summarize(bins: list[list[float]], bin_size: int, window: int = 200_000) -> 
     """Early (first bin) and late (mean over the last `window` examples) error: mean and standard error over seeds."""
     t = torch.tensor(bins, dtype=torch.float64)  # [bins, seeds]
     late_bins = max(1, window // bin_size)
-
-    def mean_se(per_seed: torch.Tensor) -> dict:
-        n = per_seed.numel()
-        se = float(per_seed.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-        return {"mean": float(per_seed.mean()), "se": se}
-
-    return {"seeds": t.shape[1], "examples": t.shape[0] * bin_size,
-            "early": mean_se(t[0]), "late": mean_se(t[-late_bins:].mean(0)), "late_window": late_bins * bin_size}
-
-
-class _Logs:
-    """One TensorBoard run per seed (seed_<k>) plus their mean (mean), all with the same tags."""
-
-    def __init__(self, run_dir: Path, seeds: list[int], purge_step: int | None):
-        self.seed_logs = [TBLogger(run_dir / "tb" / f"seed_{s}", purge_step=purge_step) for s in seeds]
-        self.mean_log = TBLogger(run_dir / "tb" / "mean", purge_step=purge_step)
-
-    def per_seed(self, tag: str, values: list[float], step: int) -> None:
-        for log, v in zip(self.seed_logs, values):
-            log.scalar(tag, v, step)
-        self.mean_log.scalar(tag, sum(values) / len(values), step)
-
-    def close(self) -> None:
-        for log in [*self.seed_logs, self.mean_log]:
-            log.close()
+    return {"seeds": t.shape[1], "examples": t.shape[0] * bin_size, "early": mean_se(t[0].tolist()),
+            "late": mean_se(t[-late_bins:].mean(0).tolist()), "late_window": late_bins * bin_size}
 
 
 def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dict:
@@ -158,7 +134,7 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
         path = latest_checkpoint(run_dir)
         if path is not None:
             state.load_state_dict(load_checkpoint(path))
-    logs = _Logs(run_dir, seeds, purge_step=state.examples + 1 if resume else None)
+    logs = SeedLogs(run_dir, seeds, purge_step=state.examples + 1 if resume else None)
     weight_change = WeightChange(state.net.parameters())
     L = cfg["log"]
     total = cfg["examples"]
@@ -193,10 +169,9 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
     return summary
 
 
-def _log_metrics(state: RegressionRun, probe: torch.Tensor, weight_change: WeightChange, logs: _Logs) -> None:
+def _log_metrics(state: RegressionRun, probe: torch.Tensor, weight_change: WeightChange, logs: SeedLogs) -> None:
     step = state.examples
     for name, values in probe_metrics(state.net, probe).items():
         logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
     logs.per_seed("plasticity/net/weight_change", weight_change().tolist(), step)
-    for name, value in state.learner.stats().items():
-        logs.mean_log.scalar(f"plasticity/net/{name}", value, step)
+    logs.scalars({f"plasticity/net/{name}": value for name, value in state.learner.stats().items()}, step)
