@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rl_plasticity.core.layers import uniform_like
 from rl_plasticity.core.units import ParamUnits, UnitGroup, UnitView, columns, rows
 
 
@@ -29,14 +30,15 @@ def _one_replica(replicas: int) -> None:
 
 
 class Conv2d(nn.Module):
-    """Conv layer with weights from U(+-bound), bias 0 (or no bias, for a conv followed by batch norm)."""
+    """Conv layer with weights from U(+-bound), bias 0 or from U(+-bias_bound) when bias_bound > 0 (or no
+    bias, for a conv followed by batch norm). A unit redrawn by a plasticity method gets bias 0."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bound: float, stride: int = 1,
-                 padding: int = 0, bias: bool = True, replicas: int = 1):
+                 padding: int = 0, bias: bool = True, replicas: int = 1, bias_bound: float = 0.0):
         super().__init__()
         _one_replica(replicas)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-        self.stride, self.padding, self.bound = stride, padding, bound
+        self.stride, self.padding, self.bound, self.bias_bound = stride, padding, bound, bias_bound
         self.weight = nn.Parameter(torch.zeros(1, out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(1, out_channels)) if bias else None
 
@@ -52,7 +54,9 @@ class Conv2d(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generators: list[torch.Generator | None]) -> None:
         self.weight[0] = self.sample_weights(self.out_channels, generators[0])
-        if self.bias is not None:
+        if self.bias is not None and self.bias_bound > 0:
+            self.bias[0] = uniform_like(self.bias[0], self.bias_bound, generators[0])
+        elif self.bias is not None:
             self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

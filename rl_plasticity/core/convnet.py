@@ -4,6 +4,11 @@ conv 5x5 (32) -> pool -> conv 3x3 (64) -> pool -> conv 3x3 (128) -> pool -> flat
 -> head, ReLU everywhere, 2x2 max-pool after each conv. Five unit groups: the three convs (a unit
 is a channel; the last conv's outgoing weights are its spatial block of fc1) and the two fc layers.
 A conv group's activation tap is its pooled output, the tensor the next layer reads.
+
+Init (`init`): "pytorch_default", as the official code (lop/nets/conv_net.py keeps torch's nn.Conv2d /
+nn.Linear defaults): weights and biases U(+-1/sqrt(fan_in)); CBP redraws a unit's weights from the
+same U(+-1/sqrt(fan_in)) with bias 0, as lop/algos/convGnT.py does with get_layer_bound. "kaiming":
+weights U(+-sqrt(6/fan_in)) (gain 1 for the head), biases 0: about 2.45x wider than the default.
 """
 
 from __future__ import annotations
@@ -13,23 +18,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from rl_plasticity.core.conv import ChannelGroup, Conv2d, flattened_columns
-from rl_plasticity.core.layers import Linear, uniform_bound
+from rl_plasticity.core.layers import Linear, pytorch_default_bound, uniform_bound
 from rl_plasticity.core.units import UnitGroup
+
+CONV_INITS = ("pytorch_default", "kaiming")
+
+
+def _bounds(fan_in: int, init: str, activation: str) -> dict:
+    """Weight and bias bounds of one layer of a ConvNet under `init` (see the module docstring)."""
+    if init == "pytorch_default":
+        b = pytorch_default_bound(fan_in)
+        return {"bound": b, "bias_bound": b}
+    if init == "kaiming":
+        return {"bound": uniform_bound(fan_in, "kaiming", activation)}
+    raise ValueError(f"unknown ConvNet init {init!r}; expected one of {CONV_INITS}")
 
 
 class ConvNet(nn.Module):
     def __init__(self, num_classes: int = 2, channels=(32, 64, 128), kernels=(5, 3, 3), hidden=(128, 128),
-                 image_size: int = 32, in_channels: int = 3):
+                 image_size: int = 32, in_channels: int = 3, init: str = "kaiming"):
         super().__init__()
         convs, size, c_in = [], image_size, in_channels
         for c_out, k in zip(channels, kernels):
-            convs.append(Conv2d(c_in, c_out, k, bound=uniform_bound(c_in * k * k, "kaiming", "relu")))
+            convs.append(Conv2d(c_in, c_out, k, **_bounds(c_in * k * k, init, "relu")))
             size, c_in = (size - k + 1) // 2, c_out
         if size < 1:
             raise ValueError(f"images of {image_size}x{image_size} are too small for kernels {kernels}")
         sizes = [c_in * size * size, *hidden, num_classes]
-        fcs = [Linear(sizes[i], sizes[i + 1], bound=uniform_bound(sizes[i], "kaiming",
-                                                                  "relu" if i < len(hidden) else "linear"))
+        fcs = [Linear(sizes[i], sizes[i + 1], **_bounds(sizes[i], init, "relu" if i < len(hidden) else "linear"))
                for i in range(len(sizes) - 1)]
         self.convs, self.fcs = nn.ModuleList(convs), nn.ModuleList(fcs)
         self.layers = [*convs, *fcs]

@@ -29,16 +29,33 @@ def uniform_bound(fan_in: int, init: str, activation: str) -> float:
     return gain * math.sqrt(3.0 / fan_in)
 
 
+def pytorch_default_bound(fan_in: int) -> float:
+    """Half-width of torch.nn.Linear / Conv2d's default init, for weights and biases alike: U(+-1/sqrt(fan_in)).
+
+    (kaiming_uniform_ with a=sqrt(5) gives sqrt(6 / (1 + 5)) * sqrt(3 / fan_in) / sqrt(3) = 1/sqrt(fan_in);
+    the bias bound is 1/sqrt(fan_in) too.) The official Continual ImageNet ConvNet keeps these defaults.
+    """
+    return 1.0 / math.sqrt(fan_in)
+
+
+def uniform_like(t: torch.Tensor, bound: float, generator: torch.Generator | None) -> torch.Tensor:
+    """U(+-bound) numbers shaped like t, drawn on the CPU (where the generators live) and moved to t's device."""
+    return torch.empty(t.shape, dtype=t.dtype).uniform_(-bound, bound, generator=generator).to(t.device)
+
+
 class Linear(nn.Module):
-    """Replica-batched linear layer whose weights come from U(+-bound) and biases start at 0.
+    """Replica-batched linear layer whose weights come from U(+-bound) and biases start at 0
+    (or from U(+-bias_bound) when bias_bound > 0, as in PyTorch's default init).
 
     The layer remembers its bound so that plasticity methods can redraw a unit's incoming weights
-    from the layer's own init distribution.
+    from the layer's own init distribution (a redrawn unit's bias is 0, as in the official CBP).
     """
 
-    def __init__(self, in_features: int, out_features: int, bound: float, replicas: int = 1):
+    def __init__(self, in_features: int, out_features: int, bound: float, replicas: int = 1,
+                 bias_bound: float = 0.0):
         super().__init__()
         self.in_features, self.out_features, self.bound, self.replicas = in_features, out_features, bound, replicas
+        self.bias_bound = bias_bound
         self.weight = nn.Parameter(torch.zeros(replicas, out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(replicas, out_features))
 
@@ -52,7 +69,11 @@ class Linear(nn.Module):
     def reset_parameters(self, generators: list[torch.Generator | None]) -> None:
         for r, g in enumerate(generators):
             self.weight[r] = self.sample_weights(self.out_features, g)
-        self.bias.zero_()
+        if self.bias_bound > 0:  # drawn after all weights, so bias_bound = 0 leaves the weights' draws as they were
+            for r, g in enumerate(generators):
+                self.bias[r] = uniform_like(self.bias[r], self.bias_bound, g)
+        else:
+            self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # [B, in] with a single replica: the plain (and fastest) path

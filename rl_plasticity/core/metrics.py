@@ -19,6 +19,15 @@ def dormant_fraction(features: torch.Tensor, active_at_most: float = 0.01) -> to
     return (active_share <= active_at_most).float().mean(1)
 
 
+def dormant_fraction_per_position(features: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
+    """features [R, B, U, ...] -> [R]: the official CIFAR definition (lop/incremental_cifar/post_run_analysis.py,
+    compute_dormant_units_proportion): a unit's active share counts every (sample, position) pair, and the unit
+    is dormant when that share is below `threshold` (strictly). Conv units are not averaged over positions first."""
+    f = features.flatten(3) if features.dim() > 3 else features.unsqueeze(3)
+    active_share = (f > 0).float().mean((1, 3))
+    return (active_share < threshold).float().mean(1)
+
+
 def _singular_values(features: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(features.double())  # [R, min(B, U)], descending
 
@@ -59,13 +68,17 @@ class WeightChange:
 
 
 @torch.no_grad()
-def probe_metrics(net, probe: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Run the probe batch through `net` and measure every unit group: {'layer0/dormant_fraction': [R], ...}."""
+def probe_metrics(net, probe: torch.Tensor, dormant: str = "spatial_mean") -> dict[str, torch.Tensor]:
+    """Run the probe batch through `net` and measure every unit group: {'layer0/dormant_fraction': [R], ...}.
+
+    dormant: "spatial_mean" averages a conv unit's activation over positions, then applies dormant_fraction;
+    "official" is dormant_fraction_per_position. Ranks always use the position-averaged features."""
     net(probe)
     out = {}
     for group in net.groups:
         f = group.activation.flatten(3).mean(3) if group.activation.dim() > 3 else group.activation
-        out[f"{group.name}/dormant_fraction"] = dormant_fraction(f)
+        out[f"{group.name}/dormant_fraction"] = (dormant_fraction_per_position(group.activation)
+                                                 if dormant == "official" else dormant_fraction(f))
         out[f"{group.name}/stable_rank"] = stable_rank(f)
         out[f"{group.name}/effective_rank"] = effective_rank(f)
     for i, layer in enumerate(net.layers):
