@@ -10,8 +10,11 @@ from __future__ import annotations
 import collections
 import random
 import re
+import sys
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -41,13 +44,26 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         torch.save(state, f)
 
 
+class NonFiniteState(ValueError):
+    """A state to checkpoint holds NaN or inf: the training it comes from has diverged."""
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint onto the CPU without unpickling arbitrary objects."""
+    """Load a checkpoint onto the CPU without unpickling arbitrary objects.
+
+    The archive's checksums are verified first, so a truncated or bit-flipped file is refused rather
+    than loaded with a silently changed value.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    damage = _archive_damage(path)
+    if damage:
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint: {damage}")
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols before it refuses them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # any failure to read it means the file cannot be used
         raise UserError(f"checkpoint {path} is corrupt or not a checkpoint: {_load_error_reason(e)}") from None
     if not isinstance(state, dict):
@@ -63,7 +79,7 @@ def check_state(obj: Any, where: str = "state") -> None:
     if isinstance(obj, torch.Tensor):
         if (obj.is_floating_point() or obj.is_complex()) and obj.device.type != "meta" \
                 and not bool(torch.isfinite(obj).all()):
-            raise ValueError(f"refusing to save a checkpoint: {where} holds NaN or inf values")
+            raise NonFiniteState(f"refusing to save a checkpoint: {where} holds NaN or inf values")
     elif isinstance(obj, (torch.Size, torch.dtype, torch.device)) or type(obj) in _PLAIN:
         pass
     elif type(obj) in (dict, collections.OrderedDict):
@@ -79,11 +95,26 @@ def check_state(obj: Any, where: str = "state") -> None:
                         f"would not load with weights_only=True{hint}")
 
 
+def _archive_damage(path: Path) -> str | None:
+    """Why `path` is not an intact torch checkpoint archive (torch.save writes a zip with CRC-32s), or None."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        return f"not a complete torch archive, truncated or not written by torch.save ({e})"
+    return f"its data is damaged (checksum mismatch in {bad})" if bad else None
+
+
 def _load_error_reason(e: Exception) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
     m = re.search(r"WeightsUnpickler error: (.*)", text)
     if m:  # the useful line of torch's long weights-only message
         return "it holds objects that are not plain data: " + m.group(1).split(" Please use")[0].rstrip(".")
+    m = re.search(r"GLOBAL (\S+)", text)
+    if m:
+        return f"it holds objects that are not plain data ({m.group(1)}); checkpoints are never loaded by running code"
     first = text.strip().splitlines()[0] if text.strip() else ""
     first = first.split(". ")[0].rstrip(".")
     if isinstance(e, EOFError):
@@ -114,12 +145,53 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+# A checkpoint that loads but does not fit the state (another problem's, another config's shapes).
+_MISFIT = (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError)
+
+
+def restore_latest(run_dir: str | Path, restore: Callable[[dict], None]) -> int | None:
+    """Load the newest usable checkpoint of `run_dir/checkpoints/` into a run with `restore(state)`.
+
+    A newer checkpoint that is damaged or does not fit is passed over for the one before it, with a
+    note on stderr naming the step the run restarts from. Returns that step, None when there is no
+    checkpoint; a UserError when none is usable. `restore` must set every part of the run's state,
+    so a failed attempt leaves nothing behind once an older checkpoint has been restored.
+    """
+    problems = []
+    for step, path in reversed(list_checkpoints(run_dir)):
+        try:
+            restore(load_checkpoint(path))
+        except UserError as e:
+            problems.append(str(e))
+            continue
+        except _MISFIT as e:
+            problems.append(f"checkpoint {path} does not fit this run ({type(e).__name__}: {e})")
+            continue
+        if problems:
+            print(f"rl-plasticity: note: {'; '.join(problems)}; resuming from step {step:,} ({path.name})",
+                  file=sys.stderr)
+        return step
+    if problems:
+        more = f" (and {len(problems) - 1} older)" if len(problems) > 1 else ""
+        raise UserError(f"no usable checkpoint to resume from: {problems[0]}{more}")
+    return None
+
+
 def save_checkpoint_in(run_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
-    """Save `state` as the checkpoint of `step`, then delete all but the newest `keep` checkpoints."""
+    """Save `state` as the checkpoint of `step`, then delete all but the newest `keep` checkpoints.
+
+    A state holding NaN or inf means training diverged: that is a UserError, and the last good
+    checkpoint stays the newest one.
+    """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     path = checkpoint_path(run_dir, step)
-    save_checkpoint(path, state)
+    try:
+        save_checkpoint(path, state)
+    except NonFiniteState as e:
+        where = str(e).split(": ", 1)[-1]
+        raise UserError(f"training diverged before step {step:,}: {where}; no checkpoint was written for it "
+                        "- try a smaller optimizer.lr") from None
     # Pruned only after the new one is safely in place.
     for _, old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)

@@ -43,9 +43,9 @@ def _add_sweep(sub) -> None:
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="plot learners' mean +- standard error across seeds from TensorBoard logs")
     p.add_argument("paths", nargs="+", metavar="SWEEP_DIR_OR_RUN", help="sweep directories or run directories")
-    p.add_argument("--metric", action="append", default=[], metavar="TAG",
-                   help="TensorBoard tag to plot, one panel each; globs allowed (plasticity/*/dormant_fraction); "
-                        "default: the problem's headline number")
+    p.add_argument("--metric", action="extend", nargs="+", default=[], metavar="TAG",
+                   help="TensorBoard tags to plot, one panel each; globs allowed (plasticity/*/dormant_fraction); "
+                        "several after one --metric or one per --metric; default: the problem's headline number")
     p.add_argument("--bin", type=int, metavar="SIZE", help="bin width in steps (default: about 100 bins)")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg); the binned table goes beside it as .csv")
     p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.compare").main(args))
@@ -99,8 +99,18 @@ def _run_bench(module, args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are bad input like any other: one line on stderr, exit code 2 (subcommands inherit this)."""
+
+    def error(self, message: str):
+        self.exit(2, f"rl-plasticity: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rl-plasticity", description=__doc__)
+    from rl_plasticity import __version__
+
+    parser = _Parser(prog="rl-plasticity", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"rl-plasticity {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sweep(sub)

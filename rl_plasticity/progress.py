@@ -42,6 +42,7 @@ class GracefulStop:
 
     A second signal raises KeyboardInterrupt (the user insists). Previous handlers come back on
     exit. Signal handlers can only be set in the main thread; elsewhere this does nothing.
+    `exit_code` is the shell's code for the signal that stopped the loop: 130 (SIGINT), 143 (SIGTERM).
 
         with GracefulStop() as stop:
             while not done and not stop.requested:
@@ -49,12 +50,18 @@ class GracefulStop:
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    last_signum: int | None = None  # the signal that last stopped a loop in this process
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
 
     def __init__(self, notice: str | None = "stopping after this step and saving a checkpoint "
                                             "(press Ctrl-C again to abort)"):
         self.notice = notice
         self.requested = False
         self.signal_name: str | None = None
+        self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> GracefulStop:
@@ -74,7 +81,9 @@ class GracefulStop:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
         self.signal_name = signal.Signals(signum).name
+        GracefulStop.last_signum = signum
         if self.notice:
             # os.write, not print: a handler can run in the middle of another write to sys.stderr.
             try:

@@ -7,14 +7,16 @@ import datetime as dt
 import importlib.metadata
 import json
 import os
+import math
 import platform
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import yaml
 
@@ -23,6 +25,11 @@ from rl_plasticity.errors import UserError
 
 CONFIG_FILE = "config.yaml"
 INFO_FILE = "run.json"
+# What runs and the commands working on them write at a run directory's top level; `--force` replaces
+# only a folder holding config.yaml or run.json and nothing else than these.
+RUN_ENTRIES = {CONFIG_FILE, INFO_FILE, "checkpoints", "tb", "results.json", "error.log", "eval"}
+_RUN_ENTRY = re.compile(r"^seed_\d+$")  # per-seed checkpoint folders of runs that train seeds one by one
+_TEMPORARY = re.compile(r"^\..+\.tmp$")  # atomic_open's temporaries (and their leftovers after a kill)
 # Distributions whose versions decide the numbers a run produces.
 VERSIONED = ("rl-plasticity", "torch", "numpy", "gymnasium", "mujoco", "stable-baselines3", "tensorboard")
 
@@ -63,6 +70,29 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as strict JSON (NaN and inf become null, so every JSON reader accepts the file)."""
+    atomic_write(path, json.dumps(_finite(obj), indent=1, allow_nan=False) + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries that writes killed mid-way left anywhere under `folder`; returns them."""
+    stale = [p for p in Path(folder).rglob(".*.tmp") if _TEMPORARY.match(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def _fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable; not every platform can open a directory.
     with contextlib.suppress(OSError):
@@ -76,21 +106,74 @@ def _fsync_dir(directory: Path) -> None:
 # --------------------------------------------------------------------------- run directories
 
 
-def prepare_run_dir(path: str | Path, *, force: bool) -> Path:
-    """Create the run directory; an existing non-empty one is refused unless `force` deletes it."""
+def foreign_entries(path: Path) -> list[str]:
+    """Top-level entries of folder `path` that no run writes (all of them if it has no config.yaml/run.json)."""
+    names = sorted(p.name for p in path.iterdir())
+    if CONFIG_FILE not in names and INFO_FILE not in names:
+        return names
+    return [n for n in names if n not in RUN_ENTRIES and not _RUN_ENTRY.match(n) and not _TEMPORARY.match(n)]
+
+
+def check_new_run_dir(path: str | Path, *, force: bool) -> None:
+    """Raise a UserError unless `path` can take a new run: absent, an empty folder, or (with `force`) a
+    run directory this toolkit made. Touches nothing."""
     path = Path(path)
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-        if not force:
-            raise UserError(f"run directory {path} exists; use --resume {path} to continue it or --force to overwrite")
-        resolved, cwd = path.resolve(), Path.cwd().resolve()
-        if resolved == cwd or resolved in cwd.parents:
-            raise UserError(f"refusing to delete {path}: it contains the current directory")
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise UserError(f"--out {path} is {'a symbolic link' if path.is_symlink() else 'a file'}, "
+                        "not a run directory; choose another --out")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"--out {path}: {blocking} is a file, not a folder")
+    if not path.exists() or not any(path.iterdir()):
+        return
+    foreign = foreign_entries(path)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"{path} exists and is not a run directory (it holds {shown}); "
+                        f"refusing to {'replace' if force else 'use'} it - choose another --out")
+    if not force:
+        raise UserError(f"run directory {path} exists; use --resume {path} to continue it or --force to overwrite")
+    resolved, cwd = path.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UserError(f"refusing to delete {path}: it contains the current directory")
+
+
+@contextlib.contextmanager
+def new_run_dir(path: str | Path, *, force: bool, keep: Callable[[Path], bool]) -> Iterator[Path]:
+    """The directory of a new run, for the duration of the block.
+
+    It is checked first (check_new_run_dir). With `force`, the run directory already there is moved
+    aside and deleted when the block ends. If the block fails and `keep(path)` is false (the new run
+    saved nothing worth resuming), everything it made is removed and the old directory put back, so
+    a run that fails at start-up leaves no trace.
+    """
+    path = Path(path)
+    check_new_run_dir(path, force=force)
+    made = [p for p in [path, *path.parents] if not p.exists()]  # deepest first
+    aside = None
+    if path.exists() and any(path.iterdir()):
+        aside = path.with_name(f".{path.name}.replaced")
+        if aside.exists():  # a killed earlier replacement left it; it was already given up
+            shutil.rmtree(aside)
+        os.rename(path, aside)
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    try:
+        yield path
+    except BaseException:
+        if not keep(path):
+            shutil.rmtree(path, ignore_errors=True)
+            if aside is not None:
+                os.rename(aside, path)
+                aside = None
+            elif path not in made:
+                path.mkdir()  # the empty folder the user gave stays
+            for parent in made[1:]:
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
+        raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def default_run_dir(config_path: str | Path, root: str | Path = "runs", now: dt.datetime | None = None) -> Path:

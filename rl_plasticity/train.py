@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from rl_plasticity.checkpoint import CHECKPOINT_DIR
 from rl_plasticity.config import apply_overrides, read_yaml, validate
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems import PROBLEMS
-from rl_plasticity.rundir import default_run_dir, prepare_run_dir, read_run_info, write_run_info
+from rl_plasticity.progress import GracefulStop
+from rl_plasticity.rundir import default_run_dir, new_run_dir, read_run_info, remove_temporaries, write_run_info
 
 
 def problem_module(cfg: dict):
@@ -38,21 +40,37 @@ def _seeds(args) -> list[int]:
     return [seed]
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run saved anything to resume from (runs of one seed after another: under seed_<k>/)."""
+    return any(run_dir.glob(f"{CHECKPOINT_DIR}/ckpt-*.pt")) or any(run_dir.glob(f"*/{CHECKPOINT_DIR}/ckpt-*.pt"))
+
+
+def _exit_code(summary) -> int:
+    """0 for a finished run; 130 / 143 for one that Ctrl-C / SIGTERM stopped (its checkpoint saved)."""
+    signum = GracefulStop.last_signum
+    return 128 + signum if signum is not None and not summary else 0
+
+
 def main(args) -> int:
+    GracefulStop.last_signum = None
     if args.resume:
-        if args.config or args.overrides or args.seeds is not None or args.seed is not None or args.out:
+        if args.config or args.overrides or args.seeds is not None or args.seed is not None or args.out \
+                or args.force:
             raise UserError("--resume continues a run exactly as it was configured; give only the run directory")
         run_dir = Path(args.resume)
         cfg, info = read_run_info(run_dir)
         cfg, module = resolve_config(cfg, [])
-        seeds = list(info["seeds"])
-    else:
-        if not args.config:
-            raise UserError("give a config file (or --resume RUN_DIR)")
-        cfg, module = resolve_config(read_yaml(args.config), args.overrides)
-        seeds = _seeds(args)
-        run_dir = prepare_run_dir(args.out or default_run_dir(args.config), force=args.force)
+        if not isinstance(info.get("seeds"), list) or not info["seeds"]:
+            raise UserError(f"cannot resume {run_dir}: its {run_dir / 'run.json'} lists no seeds")
+        for stale in remove_temporaries(run_dir):
+            print(f"removed {stale}, left by a write that was cut off")
+        return _exit_code(module.run(cfg, list(info["seeds"]), run_dir, resume=True))
+    if not args.config:
+        raise UserError("give a config file (or --resume RUN_DIR)")
+    cfg, module = resolve_config(read_yaml(args.config), args.overrides)
+    seeds = _seeds(args)
+    # A run that fails before its first checkpoint (bad data, divergence) leaves no directory behind.
+    with new_run_dir(args.out or default_run_dir(args.config), force=args.force, keep=has_checkpoint) as run_dir:
         write_run_info(run_dir, cfg, seeds)
         print(f"run directory: {run_dir}")
-    module.run(cfg, seeds, run_dir, resume=bool(args.resume))
-    return 0
+        return _exit_code(module.run(cfg, seeds, run_dir, resume=False))

@@ -17,7 +17,7 @@ from rl_plasticity import checkpoint as ckpt
 from rl_plasticity.config import OneOf, Range, apply_overrides, load_config, read_yaml, validate
 from rl_plasticity.errors import UserError
 from rl_plasticity.progress import GracefulStop, progress_bar
-from rl_plasticity.rundir import default_run_dir, prepare_run_dir, read_run_info, write_run_info
+from rl_plasticity.rundir import check_new_run_dir, default_run_dir, new_run_dir, read_run_info, write_run_info
 from rl_plasticity.tblog import TBLogger, read_scalars
 
 DEFAULTS = {
@@ -165,24 +165,56 @@ def test_load_config_reads_overrides_and_validates(tmp_path):
 # --------------------------------------------------------------------------- run directories
 
 
+def _new_run_dir(path, force=False, keep=True):
+    with new_run_dir(path, force=force, keep=lambda _: keep) as run:
+        return run
+
+
 def test_run_dir_refuses_to_overwrite_and_force_works(tmp_path):
-    run = prepare_run_dir(tmp_path / "runs" / "r1", force=False)
+    run = _new_run_dir(tmp_path / "runs" / "r1")
     assert run.is_dir()
-    (run / "old.txt").write_text("keep me")
+    write_run_info(run, {"problem": "regression"}, [0])
+    (run / "results.json").write_text("{}")
     with pytest.raises(UserError, match=r"run directory .*r1 exists; use --resume .*r1 to continue it or --force"):
-        prepare_run_dir(run, force=False)
-    assert (run / "old.txt").read_text() == "keep me"
-    prepare_run_dir(run, force=True)
-    assert run.is_dir() and not any(run.iterdir())
-    prepare_run_dir(run, force=False)  # an empty directory is fine to use
+        _new_run_dir(run)
+    assert (run / "results.json").read_text() == "{}"
+    _new_run_dir(run, force=True)
+    assert run.is_dir() and not any(run.iterdir()) and sorted(p.name for p in run.parent.iterdir()) == ["r1"]
+    _new_run_dir(run)  # an empty directory is fine to use
+
+
+def test_force_replaces_only_run_directories(tmp_path):
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("mine: 1\n")  # a run's marker beside something no run writes
+    (folder / "chapter1.tex").write_text("keep me")
+    with pytest.raises(UserError, match=r"thesis exists and is not a run directory \(it holds chapter1.tex\)"):
+        check_new_run_dir(folder, force=True)
+    with pytest.raises(UserError, match="is a file, not a run directory; choose another --out") as e:
+        check_new_run_dir(folder / "chapter1.tex", force=True)
+    assert "--resume" not in str(e.value)
+    assert sorted(p.name for p in folder.iterdir()) == ["chapter1.tex", "config.yaml"]
+
+
+def test_a_failed_start_leaves_no_trace_and_puts_a_replaced_run_back(tmp_path):
+    old = _new_run_dir(tmp_path / "run")
+    write_run_info(old, {"problem": "regression"}, [0])
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    for out, force in ((tmp_path / "a" / "b" / "new", False), (old, True)):
+        with pytest.raises(UserError, match="diverged"):
+            with new_run_dir(out, force=force, keep=lambda _: False) as run:
+                (run / "tb").mkdir()
+                raise UserError("diverged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
 
 
 def test_force_never_deletes_the_current_directory(tmp_path, monkeypatch):
-    (tmp_path / "x").write_text("x")
+    write_run_info(tmp_path, {"problem": "regression"}, [0])
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="refusing to delete"):
-        prepare_run_dir(".", force=True)
-    assert (tmp_path / "x").exists()
+        check_new_run_dir(".", force=True)
+    assert (tmp_path / "config.yaml").exists()
 
 
 def test_default_run_dir_name_is_unique(tmp_path):
@@ -198,7 +230,7 @@ def test_default_run_dir_name_is_unique(tmp_path):
 
 
 def test_run_info_round_trip(tmp_path):
-    run = prepare_run_dir(tmp_path / "run", force=False)
+    run = _new_run_dir(tmp_path / "run")
     config = validate({"lr": 1e-4, "cbp": {"replacement_rate": 1e-10}}, DEFAULTS)
     write_run_info(run, config, seeds=[0, 1, 2], extra={"problem": "regression"})
     info = json.loads((run / "run.json").read_text())
@@ -458,6 +490,6 @@ def test_graceful_stop_is_a_no_op_outside_the_main_thread():
 
 
 def test_config_written_by_a_run_is_plain_yaml(tmp_path):
-    run = prepare_run_dir(tmp_path / "run", force=False)
+    run = _new_run_dir(tmp_path / "run")
     write_run_info(run, {"betas": (0.9, 0.999), "lr": 1e-4}, seeds=[0])
     assert yaml.safe_load((run / "config.yaml").read_text()) == {"betas": [0.9, 0.999], "lr": 1e-4}

@@ -28,25 +28,33 @@ def dormant_fraction_per_position(features: torch.Tensor, threshold: float = 0.0
     return (active_share < threshold).float().mean(1)
 
 
-def _singular_values(features: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.svdvals(features.double())  # [R, min(B, U)], descending
+def _singular_values(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([R, min(B, U)] descending, [R] bool: the replica's features are all finite).
+
+    A diverged replica's NaN/inf features would make the SVD fail for every replica; they are zeroed
+    for it, and the ranks report NaN for that replica.
+    """
+    f = features.double()
+    finite = torch.isfinite(f).flatten(1).all(1)
+    return torch.linalg.svdvals(torch.where(finite[:, None, None], f, 0.0)), finite
 
 
 def stable_rank(features: torch.Tensor, share: float = 0.99) -> torch.Tensor:
-    """features [R, B, U] -> [R] (float)."""
-    sv = _singular_values(features)
+    """features [R, B, U] -> [R] (float; NaN for a replica with non-finite features)."""
+    sv, finite = _singular_values(features)
     total = sv.sum(1, keepdim=True)
     cumulative = sv.cumsum(1) / total.clamp_min(1e-300)
     k = (cumulative < share - 1e-12).sum(1) + 1
-    return torch.where(total.squeeze(1) > 0, k, torch.zeros_like(k)).float()
+    k = torch.where(total.squeeze(1) > 0, k, torch.zeros_like(k)).float()
+    return torch.where(finite, k, float("nan"))
 
 
 def effective_rank(features: torch.Tensor) -> torch.Tensor:
-    """features [R, B, U] -> [R]."""
-    sv = _singular_values(features)
+    """features [R, B, U] -> [R] (NaN for a replica with non-finite features)."""
+    sv, finite = _singular_values(features)
     p = sv / sv.sum(1, keepdim=True).clamp_min(1e-300)
     entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(1)
-    return torch.exp(entropy).float()
+    return torch.where(finite, torch.exp(entropy).float(), float("nan"))
 
 
 def mean_abs_weight(weight: torch.Tensor) -> torch.Tensor:

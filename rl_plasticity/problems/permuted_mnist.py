@@ -9,7 +9,6 @@ method randomness come from generators derived from s alone.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -22,9 +21,9 @@ from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, MLP
 from rl_plasticity.datasets.mnist import EXPECTED, mnist
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, check_finite, resolve_device,
-                                               summarize_tasks, train_loop)
-from rl_plasticity.rundir import atomic_write
+from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, check_finite, format_mean_se,
+                                               resolve_device, summarize_tasks, train_loop)
+from rl_plasticity.rundir import atomic_write_json
 from rl_plasticity.seeding import generators
 
 DEFAULTS = {
@@ -168,8 +167,8 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
     if not train_loop(state, run_dir, seeds, resume, f"permuted MNIST x{len(seeds)} seeds", "ex"):
         return {}
     summary = summarize_tasks(state.accuracies)
-    atomic_write(run_dir / "results.json", json.dumps(summary, indent=1))
+    atomic_write_json(run_dir / "results.json", summary)
     f, l = summary["first"], summary["last"]
     print(f"online accuracy over {len(seeds)} seed(s): first {summary['window']} tasks {f['mean']:.3f}, "
-          f"last {summary['window']} tasks {l['mean']:.3f} (+- {l['se']:.3f})")
+          f"last {summary['window']} tasks {format_mean_se(l)}")
     return summary

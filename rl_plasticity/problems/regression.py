@@ -6,12 +6,11 @@ seed run beside 29 others gives the same numbers as that seed run by itself.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from rl_plasticity.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint_in
+from rl_plasticity.checkpoint import restore_latest, save_checkpoint_in
 from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.layers import INITS
@@ -19,9 +18,9 @@ from rl_plasticity.core.metrics import WeightChange, probe_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, MLP
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.regression_data import RegressionStream
-from rl_plasticity.problems.supervised import SeedLogs, mean_se
+from rl_plasticity.problems.supervised import SeedLogs, check_finite, format_mean_se, mean_se
 from rl_plasticity.progress import GracefulStop, progress_bar
-from rl_plasticity.rundir import atomic_write
+from rl_plasticity.rundir import atomic_write_json
 from rl_plasticity.seeding import generators
 
 DEFAULTS = {
@@ -95,6 +94,7 @@ class RegressionRun:
             squared = (net(x).squeeze(2) - y).square()  # [R, 1]
             learner.update(squared.sum())
             error_sum += squared.detach().squeeze(1)
+        check_finite(float(error_sum.sum()), f"example {self.examples + len(xs):,}")
         self.examples += len(xs)
         if self.examples % bin_size == 0:
             self.bins.append((error_sum / bin_size).tolist())
@@ -121,7 +121,7 @@ class RegressionRun:
 def summarize(bins: list[list[float]], bin_size: int, window: int = 200_000) -> dict:
     """Early (first bin) and late (mean over the last `window` examples) error: mean and standard error over seeds."""
     t = torch.tensor(bins, dtype=torch.float64)  # [bins, seeds]
-    late_bins = max(1, window // bin_size)
+    late_bins = min(len(t), max(1, window // bin_size))  # a run shorter than the window: all of it
     return {"seeds": t.shape[1], "examples": t.shape[0] * bin_size, "early": mean_se(t[0].tolist()),
             "late": mean_se(t[-late_bins:].mean(0).tolist()), "late_window": late_bins * bin_size}
 
@@ -131,9 +131,7 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead
     state = RegressionRun(cfg, seeds)
     if resume:
-        path = latest_checkpoint(run_dir)
-        if path is not None:
-            state.load_state_dict(load_checkpoint(path))
+        restore_latest(run_dir, state.load_state_dict)
     logs = SeedLogs(run_dir, seeds, purge_step=state.examples + 1 if resume else None)
     weight_change = WeightChange(state.net.parameters())
     L = cfg["log"]
@@ -162,10 +160,9 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
         return {}
     summary = summarize(state.bins, cfg["bin_size"])
     summary["bins"] = state.bins
-    atomic_write(run_dir / "results.json", json.dumps(summary, indent=1))
-    e, l = summary["early"], summary["late"]
-    print(f"binned squared error over {len(seeds)} seeds: first bin {e['mean']:.3f} +- {e['se']:.3f}, "
-          f"last {summary['late_window']:,} examples {l['mean']:.3f} +- {l['se']:.3f}")
+    atomic_write_json(run_dir / "results.json", summary)
+    print(f"binned squared error over {len(seeds)} seed(s): first bin {format_mean_se(summary['early'])}, "
+          f"last {summary['late_window']:,} examples {format_mean_se(summary['late'])}")
     return summary
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from rl_plasticity.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint_in
+from rl_plasticity.checkpoint import restore_latest, save_checkpoint_in
 from rl_plasticity.config import OneOf
 from rl_plasticity.errors import UserError
 from rl_plasticity.progress import GracefulStop, progress_bar
@@ -35,15 +35,25 @@ def check_data_path(cfg: dict, expected: str) -> None:
 
 
 def check_finite(loss_sum: float, where: str) -> None:
-    """A diverged learner makes every later number meaningless: stop with a clear message."""
+    """A diverged learner makes every later number meaningless: stop with a clear message, before the
+    diverged state could be checkpointed (the last good checkpoint stays the newest)."""
     if not math.isfinite(loss_sum):
-        raise UserError(f"the training loss became NaN or inf at {where}; lower optimizer.lr")
+        raise UserError(f"training diverged at {where}: the loss became NaN or inf; no checkpoint was written "
+                        "for it - try a smaller optimizer.lr")
 
 
 def mean_se(values: list[float]) -> dict:
+    """Mean and standard error over seeds; `se` is None for one seed (there is no spread to measure)."""
     t = torch.tensor(values, dtype=torch.float64)
-    se = float(t.std(unbiased=True) / math.sqrt(len(t))) if len(t) > 1 else float("nan")
-    return {"mean": float(t.mean()), "se": se}
+    se = float(t.std(unbiased=True) / math.sqrt(len(t))) if len(t) > 1 else None
+    return {"mean": float(t.mean()), "se": se, "n": len(t)}
+
+
+def format_mean_se(stat: dict, digits: int = 3) -> str:
+    """`0.512 +- 0.013`, or `0.512 (n=1)` when one seed gives no standard error."""
+    if stat["se"] is None or not math.isfinite(stat["se"]):
+        return f"{stat['mean']:.{digits}f} (n={stat.get('n', 1)})"
+    return f"{stat['mean']:.{digits}f} +- {stat['se']:.{digits}f}"
 
 
 def summarize_tasks(accuracies: list[list[float]], window: int = 10) -> dict:
@@ -107,9 +117,7 @@ def train_loop(state, run_dir: Path, seeds: list[int], resume: bool, desc: str, 
     """
     ckpt_dir = ckpt_dir or run_dir
     if resume:
-        path = latest_checkpoint(ckpt_dir)
-        if path is not None:
-            state.load_state_dict(load_checkpoint(path))
+        restore_latest(ckpt_dir, state.load_state_dict)
     # TensorBoard steps may count something else than the progress unit (tasks vs epochs).
     logs = SeedLogs(run_dir, seeds, purge_step=getattr(state, "tb_step", state.step) + 1 if resume else None)
     bar = progress_bar(total=state.total, desc=desc, unit=unit, initial=state.step)
