@@ -1,0 +1,8 @@
+"""The learner core's plasticity methods for ordinary PyTorch code and Stable-Baselines3 agents.
+
+- optim.py: Adam and SGD as torch optimizers with the core's exact per-unit state reset;
+- groups.py: plain Linear/Conv layers seen as the core's unit groups (replica axis of 1);
+- finder.py: find a model's unit groups, or read the user's declaration;
+- torch_api.py: `Plasticity` / `attach_cbp` / `attach_redo` / `attach_shrink_perturb`;
+- sb3.py: Stable-Baselines3 policies with the methods in actor and critic (imports SB3).
+"""
