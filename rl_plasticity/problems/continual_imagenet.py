@@ -10,6 +10,17 @@ most 400 train / 100 test per class).
 
 Conv nets run one replica: several seeds run one after another, each with its own checkpoints
 under <run_dir>/seed_<k>/.
+
+Fidelity to the official code (lop/imagenet/single_expr.py; docs/fidelity.md lists every difference):
+- `net.init: pytorch_default`: the official ConvNet keeps torch's default layer init (see core/convnet.py);
+- `head_reset: zero`: the official code zeroes the head's weights and bias at the start of every task
+  (the first included); `init` redraws them from the head's init distribution instead. Both also reset
+  the head's optimizer state;
+- `data.task_order: official`: each seed draws one order of the classes and task t is the pair at
+  places 2t, 2t+1 of that order, repeated when it runs out (the official class_order, concatenated with
+  itself), so classes do not recur within a pass; `random` draws every pair afresh;
+- `log.dormant: official` counts a conv unit's activity over every (sample, position) pair (the
+  official CIFAR definition; the official ImageNet code measures no dormant units).
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import torch.nn.functional as F
 
 from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
-from rl_plasticity.core.convnet import ConvNet, LinearClassifier
+from rl_plasticity.core.convnet import CONV_INITS, ConvNet, LinearClassifier
 from rl_plasticity.core.methods.head_reset import HeadReset
 from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.datasets.imagenet32 import EXPECTED, load_imagenet32
@@ -41,13 +52,14 @@ DEFAULTS = {
     "problem": "continual_imagenet",
     "device": "cpu",
     "cpu_threads": 1,
-    "data": {"path": None, "train_per_class": 600, "test_per_class": 100},
+    "data": {"path": None, "train_per_class": 600, "test_per_class": 100, "task_order": "official"},
     "tasks": 2000,
     "epochs_per_task": 250,
     "batch_size": 100,
-    "net": {"type": "convnet", "channels": [32, 64, 128], "hidden": [128, 128]},
+    "net": {"type": "convnet", "channels": [32, 64, 128], "hidden": [128, 128], "init": "pytorch_default"},
+    "head_reset": "zero",
     **METHOD_DEFAULTS,
-    "log": {"checkpoint_every_tasks": 1},
+    "log": {"checkpoint_every_tasks": 1, "dormant": "official"},
 }
 DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "lr": 0.01, "momentum": 0.9}
 
@@ -60,8 +72,22 @@ RULES = {
     "epochs_per_task": Range(low=1),
     "batch_size": Range(low=1),
     "net.type": OneOf("convnet", "linear"),
+    "net.init": OneOf(*CONV_INITS),
+    "head_reset": OneOf("zero", "init"),
+    "data.task_order": OneOf("official", "random"),
     "log.checkpoint_every_tasks": Range(low=1),
+    "log.dormant": OneOf("official", "spatial_mean"),
 }
+
+
+class ZeroHeadReset(HeadReset):
+    """The official head reset (single_expr.py, `new_heads`): weights and bias set to 0 at every task start."""
+
+    @torch.no_grad()
+    def on_task_switch(self, learner=None) -> None:
+        super().on_task_switch(learner)
+        self.head.weight.zero_()
+        self.head.bias.zero_()
 
 
 def check(cfg: dict) -> None:
@@ -104,16 +130,24 @@ class ContinualImageNetRun:
         self.n_test = min(d["test_per_class"], smallest // 2)
         self.n_train = min(d["train_per_class"], smallest - self.n_test)
         n = cfg["net"]
-        self.net = (ConvNet(2, channels=n["channels"], hidden=n["hidden"]) if n["type"] == "convnet"
+        self.net = (ConvNet(2, channels=n["channels"], hidden=n["hidden"], init=n["init"]) if n["type"] == "convnet"
                     else LinearClassifier(3 * 32 * 32, 2))
         self.init_generators = generators([seed], "init")
         self.net.reset_parameters(self.init_generators)
         self.net.to(self.device)
         self.data_generator = generators([seed], "data")[0]
+        self.class_order = (torch.randperm(len(self.class_ids), generator=self.data_generator)
+                            if d["task_order"] == "official" else None)
         self.method_generators = generators([seed], "method")
         self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators)
         # Every learner starts each task with a fresh 2-way head: the labels mean something new.
-        self.learner.methods.append(HeadReset(self.net.head, self.learner.optimizer, self.method_generators))
+        reset = (ZeroHeadReset if cfg["head_reset"] == "zero" else HeadReset)(
+            self.net.head, self.learner.optimizer, self.method_generators)
+        self.learner.methods.append(reset)
+        if cfg["head_reset"] == "zero":  # the official code zeroes the head before the first task too
+            with torch.no_grad():
+                self.net.head.weight.zero_()
+                self.net.head.bias.zero_()
         self.epoch, self.epochs_done = 0, 0  # epoch within the current task; epochs over all tasks
         self.accuracies: list[float] = []
         self.pair: list[int] = []
@@ -139,7 +173,11 @@ class ContinualImageNetRun:
         return self.epoch == 0 and len(self.accuracies) % self.cfg["log"]["checkpoint_every_tasks"] == 0
 
     def _start_task(self) -> None:
-        chosen = torch.randperm(len(self.class_ids), generator=self.data_generator)[:2]
+        if self.class_order is not None:  # places 2t, 2t+1 of the seed's class order, wrapping around
+            t, n = len(self.accuracies), len(self.class_ids)
+            chosen = self.class_order[[(2 * t) % n, (2 * t + 1) % n]]
+        else:
+            chosen = torch.randperm(len(self.class_ids), generator=self.data_generator)[:2]
         self.pair = [self.class_ids[i] for i in chosen.tolist()]
         self._load_pair()
 
@@ -181,7 +219,7 @@ class ContinualImageNetRun:
         step = len(self.accuracies)
         logs.per_seed("charts/test_accuracy", [acc], step)
         logs.per_seed("charts/train_accuracy", [train_accuracy], step)
-        for name, values in probe_metrics(self.net, self.test_x).items():
+        for name, values in probe_metrics(self.net, self.test_x, dormant=self.cfg["log"]["dormant"]).items():
             logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
         logs.scalars({f"plasticity/net/{k}": v for k, v in self.learner.stats().items()}, step)
         if bar is not None:

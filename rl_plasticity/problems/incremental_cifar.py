@@ -11,9 +11,18 @@ Learners: `reset: none` (base, and with the cbp / snp / redo sections enabled, t
 its optimizer state start afresh at every increment: the network "retrained from scratch" that the
 others are compared with; point `reference` at such a run to get accuracy relative to it).
 
-After each increment the run logs test accuracy on the seen classes, and on a probe of test images
-the dormant fraction and stable rank of every inner-conv group and of the penultimate features.
-Needs the `cifar-100-python` folder (data.path); there is no embedded fallback.
+After each increment the run logs test accuracy on the seen classes, and on a probe of images of the
+seen classes (`log.probe_split`: un-augmented training images as the official analysis uses, or test
+images) the dormant fraction and stable rank of every unit group and of the penultimate features, and
+`dormant_fraction`: the share of dormant units over the 17 layers the official analysis counts
+(ResNet18.feature_taps). Needs the `cifar-100-python` folder (data.path); there is no embedded fallback.
+
+Fidelity to the official code (lop/incremental_cifar/; docs/fidelity.md lists every difference):
+- `net.cbp_groups: all`: CBP acts on the 17 conv outputs the official ResGnT acts on (stem, and both
+  convs of each block); `inner` keeps it to the 8 inner block convs, whose replacement is exact
+  (core/resnet.py explains both);
+- `log.dormant: official`: a conv unit is dormant when it is active on under 1% of the probe's (sample,
+  position) pairs (post_run_analysis.py); `spatial_mean` averages over positions first.
 """
 
 from __future__ import annotations
@@ -27,8 +36,9 @@ import torch.nn.functional as F
 from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.methods.head_reset import HeadReset
-from rl_plasticity.core.metrics import dormant_fraction, probe_metrics, stable_rank
-from rl_plasticity.core.resnet import ResNet18
+from rl_plasticity.core.metrics import (dormant_fraction, dormant_fraction_per_position, probe_metrics,
+                                        stable_rank)
+from rl_plasticity.core.resnet import RESNET_GROUPS, ResNet18
 from rl_plasticity.core.units import ParamUnits, rows
 from rl_plasticity.datasets.cifar100 import EXPECTED, load_cifar100
 from rl_plasticity.datasets.transforms import random_crop_flip
@@ -54,9 +64,9 @@ DEFAULTS = {
     "lr_gamma": 0.2,
     "reset": "none",
     "reference": None,  # run directory of a `reset: network` run, for relative accuracy
-    "net": {"width": 64},
+    "net": {"width": 64, "cbp_groups": "all"},
     **METHOD_DEFAULTS,
-    "log": {"probe_size": 1000, "checkpoint_every_epochs": 1},
+    "log": {"probe_size": 1000, "probe_split": "train", "dormant": "official", "checkpoint_every_epochs": 1},
 }
 DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
 
@@ -72,7 +82,10 @@ RULES = {
     "lr_gamma": Range(low=0, low_open=True),
     "reset": OneOf("none", "head", "network"),
     "net.width": Range(low=1),
+    "net.cbp_groups": OneOf(*RESNET_GROUPS),
     "log.probe_size": Range(low=1),
+    "log.probe_split": OneOf("train", "test"),
+    "log.dormant": OneOf("official", "spatial_mean"),
     "log.checkpoint_every_epochs": Range(low=1),
 }
 
@@ -85,6 +98,20 @@ def check(cfg: dict) -> None:
     check_data_path(cfg, EXPECTED)
     if any(not isinstance(m, int) for m in cfg["lr_milestones"]):
         raise UserError(f"config key 'lr_milestones' must be a list of epochs, got {cfg['lr_milestones']}")
+
+
+def whole_net_dormant(taps: list[torch.Tensor], definition: str) -> float:
+    """Dormant units over all the given [1, B, U, ...] taps / all their units: the one number per network of
+    post_run_analysis.py's compute_dormant_units_proportion (with definition "official")."""
+    dead = total = 0.0
+    for t in taps:
+        if definition == "official":
+            share = dormant_fraction_per_position(t)
+        else:
+            share = dormant_fraction(t.flatten(3).mean(3) if t.dim() > 3 else t)
+        dead += float(share[0]) * t.shape[2]
+        total += t.shape[2]
+    return dead / total
 
 
 def _per_class(images: torch.Tensor, labels: torch.Tensor, cap: int | None):
@@ -106,7 +133,7 @@ class IncrementalCifarRun:
         self.order = torch.randperm(100, generator=self.data_generator)  # class order of this seed
         self.position = torch.empty(100, dtype=torch.long)
         self.position[self.order] = torch.arange(100)  # label -> its place in the order
-        self.net = ResNet18(num_classes=100, width=cfg["net"]["width"])
+        self.net = ResNet18(num_classes=100, width=cfg["net"]["width"], groups=cfg["net"]["cbp_groups"])
         self.init_generators = generators([seed], "init")
         self.net.reset_parameters(self.init_generators)
         self.net.to(self.device)
@@ -180,12 +207,15 @@ class IncrementalCifarRun:
         correct = sum(int((self.net(x)[:, :self.seen].argmax(1) == y).sum())
                       for x, y in zip(map(self._floats, self.test_x.split(500)), self.test_y.split(500)))
         metrics = {"test_accuracy": correct / len(self.test_y)}
-        probe = self._floats(self.test_x[: self.cfg["log"]["probe_size"]])
-        for name, values in probe_metrics(self.net, probe).items():
+        log = self.cfg["log"]
+        images = self.train_x if log["probe_split"] == "train" else self.test_x
+        probe = self._floats(images[: log["probe_size"]])
+        for name, values in probe_metrics(self.net, probe, dormant=log["dormant"]).items():
             metrics[name] = float(values[0])
         features = self.net.features.unsqueeze(0)  # set by the probe's forward
         metrics["features/dormant_fraction"] = float(dormant_fraction(features)[0])
         metrics["features/stable_rank"] = float(stable_rank(features)[0])
+        metrics["dormant_fraction"] = whole_net_dormant(self.net.feature_taps(), log["dormant"])
         return metrics
 
     def _end_increment(self, logs, bar) -> None:
