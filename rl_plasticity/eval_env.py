@@ -113,6 +113,10 @@ def phase_physics(cfg: dict, seed: int, phase: int) -> Physics:
     if isinstance(phase, bool) or not isinstance(phase, int) or phase < 0:
         raise UserError(f"--phase must be an integer >= 0, got {phase!r}")
     change_every = cfg["env"]["change_every"] or cfg["env"]["kwargs"].get("change_every", DEFAULT_CHANGE_EVERY)
+    last = (cfg["total_steps"] - 1) // change_every  # no phase starts before step K * change_every
+    if phase > last:
+        raise UserError(f"--phase {phase} is beyond the run: its {cfg['total_steps']:,} steps in phases of "
+                        f"{change_every:,} hold phases 0-{last}")
     env, _ = make_env(cfg)
     try:
         schedule = find_schedule(env)
