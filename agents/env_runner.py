@@ -46,7 +46,7 @@ def find_schedule(env: gym.Env):
 class EnvRunner:
     def __init__(self, env: gym.Env, max_episode_steps: int, seed: int, noise_seed: int,
                  normalize_obs: bool = False, normalize_reward: bool = False, gamma: float = 0.99,
-                 clip_obs: float = 10.0, clip_reward: float = 10.0):
+                 clip_obs: float = 10.0, clip_reward: float = 10.0, clip_actions: bool = False):
         # gym.make's bookkeeping wrappers go: the loop below enforces order and the time limit itself.
         while isinstance(env, (TimeLimit, OrderEnforcing, PassiveEnvChecker)):
             env = env.env
@@ -55,6 +55,7 @@ class EnvRunner:
         self.physics_kind = self.schedule.kind if self.schedule is not None else None
         self.max_episode_steps = max_episode_steps
         self.low, self.high = env.action_space.low, env.action_space.high
+        self.clip_actions = clip_actions
         self.obs_dim, self.act_dim = env.observation_space.shape[0], env.action_space.shape[0]
         self.noise_rng = np.random.default_rng(noise_seed)
         self.obs_norm = ObsNormalizer(self.obs_dim, clip_obs) if normalize_obs else None
@@ -80,21 +81,22 @@ class EnvRunner:
         return np.stack([self._normalize(o, update=False) for o in raw])
 
     def collect(self, buf: RolloutBuffer, policy_mean, std: np.ndarray) -> tuple[list[Episode], np.ndarray]:
-        """Fill `buf` with buf.steps transitions. Actions are mean + std * N(0, 1); the env gets them
-        clipped to its bounds, the buffer keeps them as sampled. Returns finished episodes and the raw
-        observations seen (for a probe batch)."""
+        """Fill `buf` with buf.steps transitions. Actions are mean + std * N(0, 1); the env gets them as
+        sampled (MuJoCo clamps the control, and the control cost is charged on the sampled action, as
+        in the paper's runs) or, with `clip_actions`, clipped to the action bounds (SB3's and CleanRL's
+        way). The buffer keeps them as sampled. Returns finished episodes and the raw observations seen."""
         buf.clear()
         noise = self.noise_rng.standard_normal((buf.steps, self.act_dim)).astype(np.float32) * std
         raw_seen = np.empty((buf.steps, self.obs_dim), np.float64)
         episodes: list[Episode] = []
-        step, low, high = self.env.step, self.low, self.high
+        step, low, high, clip = self.env.step, self.low, self.high, self.clip_actions
         obs, raw = self.obs, self.raw_obs
         for t in range(buf.steps):
             raw_seen[t] = raw
             action = policy_mean(obs) + noise[t]
             buf.obs[t] = obs
             buf.actions[t] = action
-            raw, reward, terminated, truncated, _ = step(np.clip(action, low, high))
+            raw, reward, terminated, truncated, _ = step(np.clip(action, low, high) if clip else action)
             reward = float(reward)
             self.steps += 1
             self.episode_return += reward

@@ -4,9 +4,11 @@ One Learner holds the actor, the critic and the state-independent log-std, with 
 of them; the actor's and the critic's hidden-unit groups are both handed to the plasticity methods,
 so CBP / ReDo / shrink-and-perturb act on both nets after every minibatch step.
 
-Loss details: advantages are normalised per minibatch (as SB3 and CleanRL do); the value loss is
-vf_coef x the mean squared error (SB3's form, no 1/2); the policy's entropy enters the loss only
-with ent_coef > 0 (the paper uses none).
+Loss details: advantages are normalised over the whole rollout, (A - mean) / std with the unbiased
+std and no epsilon (left unscaled if the std is 0), as the paper's official code does;
+"minibatch" normalises each minibatch instead, (A - mean) / (std + 1e-8), as SB3 and CleanRL do.
+The value loss is vf_coef x the mean squared error against the GAE returns (no 1/2); the policy's
+entropy enters the loss only with ent_coef > 0 (the paper uses none).
 
 Acting needs no autograd: the actor's weights are read through numpy views that share memory with
 the torch parameters (optimizer steps and unit resets write in place), so a batch-1 forward pass is
@@ -28,6 +30,16 @@ from rl_plasticity.core.networks import MLP
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
+ADVANTAGE_NORMALIZATIONS = ("batch", "minibatch", "none")
+
+
+def normalize_batch_advantages(adv: torch.Tensor) -> torch.Tensor:
+    """(A - mean) / std over the whole rollout, unbiased std, no epsilon; a zero std leaves A - mean."""
+    centred = adv - adv.mean()
+    std = centred.std()
+    return centred / std if bool(std > 0) else centred
+
+
 class NonFiniteLoss(RuntimeError):
     """The PPO loss became NaN or inf (diverged training)."""
 
@@ -41,7 +53,7 @@ class PPOSettings:
     clip: float = 0.2
     vf_coef: float = 1.0
     ent_coef: float = 0.0
-    normalize_advantages: bool = True
+    advantage_normalization: str = "batch"  # one of ADVANTAGE_NORMALIZATIONS
     truncation_as_termination: bool = False
 
 
@@ -121,6 +133,8 @@ class PPOAgent:
         data = self.prepare(buf)
         obs, actions, old_lp, adv_all, ret_all = (data[k] for k in ("obs", "actions", "old_log_prob",
                                                                     "advantages", "returns"))
+        if s.advantage_normalization == "batch":
+            adv_all = normalize_batch_advantages(adv_all)
         n = obs.shape[0]
         stats = torch.zeros(s.epochs * (n // s.minibatch_size), 4)  # policy loss, value loss, kl, clipped
         row = 0
@@ -129,7 +143,7 @@ class PPOAgent:
             for start in range(0, n - s.minibatch_size + 1, s.minibatch_size):
                 idx = order[start:start + s.minibatch_size]
                 adv = adv_all[idx]
-                if s.normalize_advantages:
+                if s.advantage_normalization == "minibatch":
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 log_ratio = self._log_prob(self.actor(obs[idx]), actions[idx]) - old_lp[idx]
                 ratio = log_ratio.exp()

@@ -12,6 +12,7 @@ Without importing first: `gym.make("envs:rl_plasticity/FrictionAnt-v0")`.
 
 import gymnasium as gym
 
+from envs.legacy import SurviveRewardOnTermination, ZeroPadObservation
 from envs.nonstationary import (
     ChangingFriction,
     ChangingMass,
@@ -47,4 +48,6 @@ __all__ = [
     "REGISTERED_IDS",
     "get_schedule_state",
     "set_schedule_state",
+    "SurviveRewardOnTermination",
+    "ZeroPadObservation",
 ]

@@ -13,7 +13,7 @@ from gymnasium.envs.registration import load_env_creator
 
 from envs.nonstationary import ChangingFriction, ChangingMass, NonstationaryPhysics
 
-SCHEDULE_KWARGS = ("change_every", "value_range", "values", "after_last", "schedule_seed")
+SCHEDULE_KWARGS = ("change_every", "value_range", "values", "after_last", "schedule_seed", "spacing")
 
 
 def make_nonstationary(base_id: str, wrapper: type[NonstationaryPhysics], **kwargs: Any) -> NonstationaryPhysics:

@@ -37,7 +37,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.physics import MassScaler, find_mujoco_model, set_sliding_friction
-from envs.schedule import DEFAULT_CHANGE_EVERY, AfterLast, ValueSchedule
+from envs.schedule import DEFAULT_CHANGE_EVERY, AfterLast, Spacing, ValueSchedule
 
 
 class NonstationaryPhysics(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -54,6 +54,8 @@ class NonstationaryPhysics(gym.Wrapper, gym.utils.RecordConstructorArgs):
         after_last: with `values`, "cycle" (default) repeats the list, "hold" keeps the last value.
         schedule_seed: seed for the draws; None means the seed given to the first reset. Give the
             same one to every sub-env of a vector env to have them share one sequence.
+        spacing: "fixed" (switch after each multiple of change_every) or "since_last_change"
+            (change_every steps after the previous switch, as the paper's official code did).
     """
 
     kind: ClassVar[str]
@@ -68,6 +70,7 @@ class NonstationaryPhysics(gym.Wrapper, gym.utils.RecordConstructorArgs):
         values: list[float] | None = None,
         after_last: AfterLast = "cycle",
         schedule_seed: int | None = None,
+        spacing: Spacing = "fixed",
     ) -> None:
         self._model, self._data = find_mujoco_model(env)
         if env.has_wrapper_attr("get_schedule_state"):
@@ -76,7 +79,7 @@ class NonstationaryPhysics(gym.Wrapper, gym.utils.RecordConstructorArgs):
         # Recorded so env.spec can rebuild this wrapper (gymnasium's check_env and gym.make(spec) do).
         gym.utils.RecordConstructorArgs.__init__(
             self, change_every=change_every, value_range=value_range, values=values,
-            after_last=after_last, schedule_seed=schedule_seed,
+            after_last=after_last, schedule_seed=schedule_seed, spacing=spacing,
         )
         gym.Wrapper.__init__(self, env)
         self._schedule = ValueSchedule(
@@ -86,6 +89,7 @@ class NonstationaryPhysics(gym.Wrapper, gym.utils.RecordConstructorArgs):
             values=values,
             after_last=after_last,
             seed=schedule_seed,
+            spacing=spacing,
         )
 
     # -- gymnasium API ---------------------------------------------------------------------------

@@ -4,7 +4,12 @@ The schedule counts env steps. Every `change_every` steps a mark passes; the swi
 value waits for the next episode boundary (reset), so an episode never changes physics midway.
 
 Phase k begins at the k-th mark (phase 0 at the first reset). Its value depends only on the seed
-(or the explicit list) and on k, never on how long episodes were. If several marks pass within one
+(or the explicit list) and on k, never on how long episodes were.
+
+`spacing="since_last_change"` times the switches as the paper's official code did: a switch happens
+at the first episode end more than `change_every` steps after the previous switch (the first one
+counts from step 0), so phases last slightly longer than `change_every` and drift later than the
+marks. Values are still drawn per phase, so phase k has the same value under either spacing. If several marks pass within one
 episode (only possible with a small `change_every`), the reset jumps straight to the newest phase:
 the skipped phases' values are never applied, but their draws are still consumed so the sequence
 stays the same.
@@ -22,6 +27,8 @@ DEFAULT_CHANGE_EVERY = 2_000_000
 
 AfterLast = Literal["cycle", "hold"]
 AFTER_LAST_CHOICES = ("cycle", "hold")
+Spacing = Literal["fixed", "since_last_change"]
+SPACING_CHOICES = ("fixed", "since_last_change")
 
 # Mixed into the seed so the schedule's stream is independent of the env's own np_random, which
 # gymnasium seeds from the same integer.
@@ -58,6 +65,8 @@ class ValueSchedule:
         after_last: with `values`, what follows the last one: "cycle" starts again from the first,
             "hold" keeps the last value for good.
         seed: seeds the draws; None means "use the seed of the first reset" (see `start`).
+        spacing: "fixed" switches at the first reset after each multiple of `change_every`;
+            "since_last_change" at the first reset more than `change_every` steps after the last switch.
     """
 
     def __init__(
@@ -69,6 +78,7 @@ class ValueSchedule:
         values: Sequence[float] | None = None,
         after_last: AfterLast = "cycle",
         seed: int | None = None,
+        spacing: Spacing = "fixed",
     ) -> None:
         self.kind = kind
         self.change_every = _check_int(change_every, "change_every", 1)
@@ -78,6 +88,10 @@ class ValueSchedule:
             raise ValueError(f"after_last must be one of {AFTER_LAST_CHOICES}, got {after_last!r}")
         self.after_last = after_last
         self.seed = None if seed is None else _check_int(seed, "schedule_seed", 0)
+        if spacing not in SPACING_CHOICES:
+            raise ValueError(f"spacing must be one of {SPACING_CHOICES}, got {spacing!r}")
+        self.spacing = spacing
+        self.last_change = 0  # index (0-based) of the step whose episode end made the last switch
 
         self.steps = 0
         self.phase = 0
@@ -128,7 +142,9 @@ class ValueSchedule:
     def count_step(self) -> None:
         """One env step happened; note a passed mark (the switch waits for the next reset)."""
         self.steps += 1
-        if self.steps >= self._next_mark:
+        if self.spacing == "since_last_change":
+            self.pending = self.steps - 1 - self.last_change > self.change_every
+        elif self.steps >= self._next_mark:
             self.pending = True
             self._next_mark = (self.steps // self.change_every + 1) * self.change_every
 
@@ -136,6 +152,11 @@ class ValueSchedule:
         """At an episode boundary: move to the newest phase if a mark passed. Returns True if it did."""
         if not self.pending:
             return False
+        if self.spacing == "since_last_change":
+            self.phase += 1
+            self.value = self._value_of_next_phase(self.phase)
+            self.last_change, self.pending = self.steps - 1, False
+            return True
         target = self.steps // self.change_every
         while self.phase < target:
             self.phase += 1
@@ -165,6 +186,7 @@ class ValueSchedule:
             "value": self.value,
             "started": self.started,
             "rng": None if self._rng is None else _plain(self._rng.bit_generator.state),
+            "last_change": self.last_change,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -194,6 +216,8 @@ class ValueSchedule:
 
         self.steps, self.phase, self.started, self.value, self._rng = steps, phase, started, value, rng
         self.pending = bool(state["pending"])
+        # States saved before "since_last_change" existed have no last_change; their spacing was fixed.
+        self.last_change = _check_int(state.get("last_change", 0), "schedule state last_change", 0)
         self._sync_marks()
 
 

@@ -121,10 +121,11 @@ def phase_physics(cfg: dict, seed: int, phase: int) -> Physics:
     try:
         schedule = find_schedule(env)
         env.reset(seed=derive_seed(seed, "env"))
-        state = schedule.get_schedule_state()
-        state.update(steps=phase * change_every, pending=phase > 0)
-        schedule.set_schedule_state(state)
-        env.reset()  # the switch happens at a reset
+        for k in range(1, phase + 1):  # one switch per reset, under either spacing of the switches
+            state = schedule.get_schedule_state()
+            state.update(steps=k * change_every, pending=True)
+            schedule.set_schedule_state(state)
+            env.reset()
         return Physics(kind, float(schedule.physics_value))
     finally:
         env.close()

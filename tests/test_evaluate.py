@@ -105,21 +105,20 @@ def test_phase_values_replay_the_runs_schedule(run_dir):
     from rl_plasticity.seeding import derive_seed
 
     saved = load_policy(run_dir)
-    env, limit = make_env(saved.cfg)
-    env = env.env  # the time limit is ours to count, as in the runner
+    env, limit = make_env(saved.cfg)  # no time limit: it is ours to count, as in the runner
     assert isinstance(env, gym.Env)
     seen, length = {}, 0
     _, info = env.reset(seed=derive_seed(saved.seed, "env"))
     seen[info["phase"]] = info["friction"]
     rng = np.random.default_rng(0)
-    for _ in range(350):
+    for _ in range(400):
         _, _, terminated, truncated, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
         length += 1
         if terminated or truncated or length >= limit:
             _, info = env.reset()
             length = 0
             seen[info["phase"]] = info["friction"]
-    assert set(seen) == {0, 1, 2, 3}
+    assert {0, 1, 2, 3} <= set(seen)
     for phase, value in seen.items():
         assert phase_physics(saved.cfg, saved.seed, phase) == Physics("friction", value)
 

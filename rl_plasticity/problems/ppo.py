@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from agents.ppo import ADVANTAGE_NORMALIZATIONS
 from rl_plasticity.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint_in
 from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES
 from rl_plasticity.core.layers import INITS
-from rl_plasticity.core.metrics import WeightChange, probe_metrics
+from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.errors import UserError
 from rl_plasticity.progress import GracefulStop, progress_bar
 from rl_plasticity.rundir import atomic_write
@@ -36,8 +38,13 @@ DEFAULTS = {
         "id": "rl_plasticity/FrictionAnt-v0",
         "change_every": None,  # env steps between physics changes (non-stationary envs only); None: env default
         "value_range": None,  # [low, high] of the log-uniform draws; None: env default
+        "change_spacing": None,  # "fixed" | "since_last_change" (non-stationary envs only); None: env default
         "max_episode_steps": None,  # None: the env's registered time limit
         "kwargs": {},  # passed to gym.make (e.g. terminate_when_unhealthy: false)
+        # The official runs' Ant-v3 (see envs/legacy.py): zeros appended to the observation up to this
+        # width (111), and the healthy reward paid on the terminating step too.
+        "pad_observation_to": None,
+        "survive_reward_on_termination": False,
     },
     "ppo": {
         "rollout_steps": 2048,
@@ -48,8 +55,9 @@ DEFAULTS = {
         "clip": 0.2,
         "vf_coef": 1.0,
         "ent_coef": 0.0,
-        "normalize_advantages": True,
+        "advantage_normalization": "batch",  # over the whole rollout (the paper's); "minibatch" (SB3's); "none"
         "truncation_as_termination": False,  # True: the paper's behaviour (no bootstrap at time limits)
+        "clip_actions": False,  # False: the sampled action goes to the env, which clamps the control (the paper's)
         "log_std_init": 0.0,
         "normalize_obs": False,
         "normalize_reward": False,
@@ -58,7 +66,11 @@ DEFAULTS = {
     },
     "net": {"hidden": [256, 256], "activation": "relu", "init": "lecun"},
     **METHOD_DEFAULTS,
-    "log": {"metrics_every": 50_000, "probe_size": 2048, "checkpoint_every": 500_000, "return_window": 20},
+    # Plasticity metrics every `metrics_every` steps on `probe_size` observations: the last ones of the
+    # latest rollout, through the nets that acted on them ("rollout", the paper's on-policy sampling), or
+    # the first ones of the first rollout, as a fixed probe ("first_rollout").
+    "log": {"metrics_every": 10_000, "probe": "rollout", "probe_size": 1000, "checkpoint_every": 500_000,
+            "return_window": 20},
     # Evaluation episodes at the end of each physics phase (and of the run), logged under eval/;
     # they use their own env and random streams, so training's numbers do not change.
     "eval": {"at_phase_end": False, "episodes": 5, "deterministic": True, "video": False, "video_size": 240},
@@ -71,6 +83,8 @@ RULES = {
     "total_steps": Range(low=0, low_open=True),
     "env.change_every": Range(low=1),
     "env.max_episode_steps": Range(low=1),
+    "env.change_spacing": OneOf("fixed", "since_last_change"),
+    "env.pad_observation_to": Range(low=1),
     "ppo.rollout_steps": Range(low=2),
     "ppo.epochs": Range(low=1),
     "ppo.minibatch_size": Range(low=2),
@@ -81,10 +95,12 @@ RULES = {
     "ppo.ent_coef": Range(low=0),
     "ppo.clip_obs": Range(low=0, low_open=True),
     "ppo.clip_reward": Range(low=0, low_open=True),
+    "ppo.advantage_normalization": OneOf(*ADVANTAGE_NORMALIZATIONS),
     "net.activation": OneOf("relu"),
     "net.hidden": LayerSizes(min_len=1),
     "net.init": OneOf(*INITS),
     "log.metrics_every": Range(low=1),
+    "log.probe": OneOf("rollout", "first_rollout"),
     "log.probe_size": Range(low=1),
     "log.checkpoint_every": Range(low=1),
     "log.return_window": Range(low=1),
@@ -102,10 +118,10 @@ def check(cfg: dict) -> None:
 
     env = cfg["env"]
     if env["id"] not in gym.registry:
-        known = sorted(k for k in gym.registry if "Ant" in k or k.startswith("rl_plasticity/"))
+        known = [k for k in sorted(gym.registry) if "Ant" in k and _can_make(k)]
         raise UserError(f"config key 'env.id': unknown gymnasium env {env['id']!r} (e.g. {', '.join(known)})")
     ours = env["id"] in envs.REGISTERED_IDS
-    for key in ("change_every", "value_range"):
+    for key in ("change_every", "value_range", "change_spacing"):
         if env[key] is not None and not ours:
             raise UserError(f"config key 'env.{key}' applies only to the non-stationary envs "
                             f"{list(envs.REGISTERED_IDS)}, not {env['id']!r}")
@@ -114,6 +130,9 @@ def check(cfg: dict) -> None:
                            or not all(isinstance(v, (int, float)) and v > 0 for v in vr) or vr[0] > vr[1]):
         raise UserError(f"config key 'env.value_range' must be [low, high] with 0 < low <= high, got {vr!r}")
     p = cfg["ppo"]
+    if cfg["log"]["probe_size"] > p["rollout_steps"]:
+        raise UserError(f"config key 'log.probe_size' ({cfg['log']['probe_size']}) must be at most "
+                        f"'ppo.rollout_steps' ({p['rollout_steps']}): the probe is taken from one rollout")
     if p["rollout_steps"] % p["minibatch_size"]:
         raise UserError(f"config key 'ppo.rollout_steps' ({p['rollout_steps']}) must be a multiple of "
                         f"'ppo.minibatch_size' ({p['minibatch_size']})")
@@ -125,23 +144,54 @@ def check(cfg: dict) -> None:
         raise UserError("config key 'optimizer.name' must be 'adam' for PPO (the paper's learners all use Adam)")
 
 
-def make_env(cfg: dict):
+def _can_make(env_id: str) -> bool:
+    """Whether gymnasium can build `env_id` here (old ids registered for mujoco-py cannot)."""
     import gymnasium as gym
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gym.make(env_id, disable_env_checker=True).close()
+    except Exception:  # noqa: BLE001 - any failure means "do not suggest it"
+        return False
+    return True
+
+
+def make_env(cfg: dict):
+    """(env, episode step limit) for a resolved PPO config. The env has no time-limit or order
+    wrappers: the runner counts episode steps itself, so that they are part of its saved state."""
+    import gymnasium as gym
+    from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
     import envs
 
     env_cfg = cfg["env"]
     kwargs = dict(env_cfg["kwargs"])
     if env_cfg["id"] in envs.REGISTERED_IDS:
-        if env_cfg["change_every"] is not None:
-            kwargs["change_every"] = env_cfg["change_every"]
-        if env_cfg["value_range"] is not None:
-            kwargs["value_range"] = tuple(env_cfg["value_range"])
+        for key, arg in (("change_every", "change_every"), ("value_range", "value_range"),
+                         ("change_spacing", "spacing")):
+            if env_cfg[key] is not None:
+                kwargs[arg] = tuple(env_cfg[key]) if key == "value_range" else env_cfg[key]
     try:
-        env = gym.make(env_cfg["id"], disable_env_checker=True, **kwargs)
+        with warnings.catch_warnings():  # gymnasium's "out of date" notice is not our one-line error
+            warnings.simplefilter("ignore", DeprecationWarning)
+            env = gym.make(env_cfg["id"], disable_env_checker=True, **kwargs)
     except TypeError as e:
         raise UserError(f"config key 'env.kwargs' does not suit {env_cfg['id']!r}: {e}") from None
+    except (gym.error.Error, ImportError) as e:  # e.g. an id registered for the long-gone mujoco-py
+        raise UserError(f"config key 'env.id': gymnasium cannot make {env_cfg['id']!r} here: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     limit = env_cfg["max_episode_steps"] or (env.spec.max_episode_steps if env.spec else None) or 1_000_000_000
+    while isinstance(env, (TimeLimit, OrderEnforcing, PassiveEnvChecker)):
+        env = env.env
+    try:
+        if env_cfg["survive_reward_on_termination"]:
+            env = envs.SurviveRewardOnTermination(env)
+        if env_cfg["pad_observation_to"] is not None:
+            env = envs.ZeroPadObservation(env, env_cfg["pad_observation_to"])
+    except (TypeError, ValueError) as e:
+        env.close()
+        raise UserError(f"config key 'env' does not suit {env_cfg['id']!r}: {e}") from None
     return env, limit
 
 
@@ -158,10 +208,11 @@ class PPORun:
         env, limit = make_env(cfg)
         self.runner = EnvRunner(env, limit, seed=derive_seed(seed, "env"), noise_seed=derive_seed(seed, "sample"),
                                 normalize_obs=p["normalize_obs"], normalize_reward=p["normalize_reward"],
-                                gamma=p["gamma"], clip_obs=p["clip_obs"], clip_reward=p["clip_reward"])
+                                gamma=p["gamma"], clip_obs=p["clip_obs"], clip_reward=p["clip_reward"],
+                                clip_actions=p["clip_actions"])
         settings = PPOSettings(epochs=p["epochs"], minibatch_size=p["minibatch_size"], gamma=p["gamma"],
                                gae_lambda=p["gae_lambda"], clip=p["clip"], vf_coef=p["vf_coef"],
-                               ent_coef=p["ent_coef"], normalize_advantages=p["normalize_advantages"],
+                               ent_coef=p["ent_coef"], advantage_normalization=p["advantage_normalization"],
                                truncation_as_termination=p["truncation_as_termination"])
         n = cfg["net"]
         self.agent = PPOAgent(self.runner.obs_dim, self.runner.act_dim, n["hidden"], n["activation"], n["init"],
@@ -170,31 +221,51 @@ class PPORun:
                               minibatch_generator=torch.Generator().manual_seed(derive_seed(seed, "data")))
         self.buffer = RolloutBuffer(p["rollout_steps"], self.runner.obs_dim, self.runner.act_dim)
         self.updates = 0
-        self.probe: torch.Tensor | None = None  # raw observations of the first rollout
+        self.probe: torch.Tensor | None = None  # log.probe "first_rollout": raw observations of the first rollout
         self.returns: deque[float] = deque(maxlen=cfg["log"]["return_window"])
-        # |weight change| since the previous metrics point; its reference weights go into checkpoints.
-        self.weight_change = {"actor": WeightChange(self.agent.actor.parameters()),
-                              "critic": WeightChange(self.agent.critic.parameters())}
+        self.nets = {"actor": self.agent.actor, "critic": self.agent.critic}
 
     @property
     def steps(self) -> int:
         return self.runner.steps
 
-    def train_update(self):
-        """One rollout and one PPO update. Returns (episodes finished, loss statistics)."""
+    def train_update(self, measure: bool = False):
+        """One rollout and one PPO update. Returns (episodes finished, loss statistics, plasticity
+        metrics): the metrics (only if `measure`) are taken before the update, so the nets measured
+        are the ones that acted on the probe's observations; weight change is always measured."""
         episodes, raw_seen = self.runner.collect(self.buffer, self.agent.policy_mean, self.agent.action_std())
-        if self.probe is None:
-            self.probe = torch.from_numpy(raw_seen[: self.cfg["log"]["probe_size"]].copy())
+        L = self.cfg["log"]
+        if self.probe is None and L["probe"] == "first_rollout":
+            self.probe = torch.from_numpy(raw_seen[: L["probe_size"]].copy())
+        metrics = self.plasticity_metrics() if measure else {}
+        weights_before = {name: [layer.weight.detach().clone() for layer in net.layers]
+                          for name, net in self.nets.items()}
         losses = self.agent.update(self.buffer)
+        for name, net in self.nets.items():  # |change| of weights (not biases) in this update, as the paper logs
+            change = sum(float((layer.weight.detach() - before).abs().sum())
+                         for layer, before in zip(net.layers, weights_before[name]))
+            metrics[f"plasticity/{name}/weight_change"] = change
         self.updates += 1
         self.returns.extend(e.ret for e in episodes)
-        return episodes, losses
+        return episodes, losses, metrics
+
+    def probe_observations(self) -> torch.Tensor:
+        """The observations the plasticity metrics are measured on, as the policy sees them."""
+        if self.cfg["log"]["probe"] == "rollout":
+            return torch.from_numpy(self.buffer.obs[-self.cfg["log"]["probe_size"]:])
+        return torch.from_numpy(self.runner.normalize_probe(self.probe.numpy()))
+
+    def plasticity_metrics(self) -> dict[str, float]:
+        """Dormant fraction, stable and effective rank of every hidden layer, and mean |weight| of every
+        layer, of actor and critic: {'plasticity/actor/layer0/dormant_fraction': ..., ...}."""
+        probe = self.probe_observations()
+        return {_metric_tag(name, key): float(value[0])
+                for name, net in self.nets.items() for key, value in probe_metrics(net, probe).items()}
 
     def state_dict(self) -> dict:
         return {"config": json.dumps(self.cfg, sort_keys=True), "seed": self.seed, "updates": self.updates,
                 "agent": self.agent.state_dict(), "env": self.runner.state_dict(), "probe": self.probe,
-                "returns": list(self.returns),
-                "weight_change_ref": {k: [t.clone() for t in w.previous] for k, w in self.weight_change.items()}}
+                "returns": list(self.returns)}
 
     def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
         saved = json.loads(sd["config"])
@@ -209,8 +280,6 @@ class PPORun:
         self.probe = sd["probe"]
         self.returns.clear()
         self.returns.extend(float(r) for r in sd["returns"])
-        for k, w in self.weight_change.items():
-            w.previous = [t.clone() for t in sd["weight_change_ref"][k]]
 
 
 def comparable_config(cfg: dict) -> dict:
@@ -226,6 +295,13 @@ def _differences(a, b, prefix: str = "") -> list[str]:
             out += _differences(a.get(k), b.get(k), f"{prefix}{k}.") if k in a and k in b else [prefix + str(k)]
         return out
     return [] if a == b else [prefix.rstrip(".")]
+
+
+def method_stat_tag(key: str) -> str:
+    """'cbp/actor/layer0/replacements' -> 'plasticity/actor/layer0/cbp_replacements'; a method's overall
+    counter ('m/count') -> 'plasticity/m_count'."""
+    method, *where, stat = key.split("/")
+    return "/".join(["plasticity", *where, f"{method}_{stat}"])
 
 
 def _metric_tag(net: str, key: str) -> str:
@@ -262,8 +338,10 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
         try:
             while state.steps < total and not stop.requested:
                 start = time.perf_counter()
+                # Metrics are due when this rollout crosses a multiple of metrics_every.
+                measure = (state.steps + state.buffer.steps) // L["metrics_every"] != last_metrics
                 try:
-                    episodes, losses = state.train_update()
+                    episodes, losses, metrics = state.train_update(measure)
                 except NonFiniteLoss as e:
                     raise UserError(f"training diverged at step {state.steps} (update {state.updates + 1}): {e}; "
                                     "no checkpoint was written for it - try a smaller optimizer.lr") from None
@@ -277,11 +355,10 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
                     log.scalar(chart, state.runner.physics_value, step)
                 log.scalars(losses, step, prefix="losses")
                 for key, value in state.agent.learner.stats().items():
-                    method, net, layer, stat = key.split("/")
-                    log.scalar(f"plasticity/{net}/{layer}/{method}_{stat}", value, step)
-                if step // L["metrics_every"] != last_metrics:
-                    last_metrics = step // L["metrics_every"]
-                    _log_probe_metrics(state, log, step)
+                    log.scalar(method_stat_tag(key), value, step)
+                last_metrics = step // L["metrics_every"]
+                for tag, value in metrics.items():
+                    log.scalar(tag, value, step)
                 if phase_eval is not None:
                     phase_eval.after_update()
                 bar.update(state.buffer.steps)
@@ -306,11 +383,3 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
     print(f"done: {state.steps} steps, mean return of the last {len(state.returns)} episodes: "
           f"{summary['recent_return'] if summary['recent_return'] is not None else 'n/a'}")
     return summary
-
-
-def _log_probe_metrics(state: PPORun, log: TBLogger, step: int) -> None:
-    probe = torch.from_numpy(state.runner.normalize_probe(state.probe.numpy()))
-    for name, net in (("actor", state.agent.actor), ("critic", state.agent.critic)):
-        for key, value in probe_metrics(net, probe).items():
-            log.scalar(_metric_tag(name, key), value[0], step)
-        log.scalar(f"plasticity/{name}/weight_change", state.weight_change[name]()[0], step)

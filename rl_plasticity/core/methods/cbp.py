@@ -9,11 +9,21 @@ After every optimizer step, for each unit group and each replica:
      adaptable_contribution:  mean|outgoing w| * mean_batch |h - mean h| / mean|incoming w|
      random:                  a fresh uniform draw at replacement time
 3. units older than the maturity threshold are eligible; replacement_rate * (#eligible) is added to
-   an accumulator and floor(accumulator) eligible units with the lowest utility are replaced;
+   an accumulator and floor(accumulator) eligible units with the lowest utility are replaced
+   (`replacement_count="accumulate"`, the paper's description); or, as the official RL and
+   supervised code does (lop/algos/gnt.py, GnT.test_features), x = replacement_rate * (#eligible)
+   is used alone: below 1 it is one unit with probability x, else floor(x) (`"bernoulli"`: the
+   same expected rate, drawn from the method's generator);
 4. a replaced unit gets incoming weights from its layer's own init distribution, bias 0, outgoing
    weights 0, utility 0, age 0, and a fresh optimizer state (moments and step). Its running mean
    activation times its outgoing weights moves into the outgoing bias first, so replacing a unit
    leaves the network's output unchanged on average.
+
+Two switches reproduce the official code's behaviour where it departs from the paper's algorithm:
+`reset_optimizer_state=False` leaves the optimizer state of replaced units alone (the official PPO
+and ImageNet runs used torch's Adam, whose state GnT.update_optim_params never touches), and
+`transfer_mean_to_bias=False` skips the bias transfer (GnT.test_features zeroes the mean activation
+before gen_new_features reads it, so the official transfer always adds zero).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from rl_plasticity.core.methods.base import PlasticityMethod
 from rl_plasticity.core.units import UnitGroup
 
 UTILITIES = ("contribution", "adaptable_contribution", "random")
+REPLACEMENT_COUNTS = ("accumulate", "bernoulli")
 
 
 class ContinualBackprop(PlasticityMethod):
@@ -33,9 +44,12 @@ class ContinualBackprop(PlasticityMethod):
 
     def __init__(self, groups: list[UnitGroup], optimizer, generators: list[torch.Generator | None],
                  replacement_rate: float = 1e-4, maturity_threshold: int = 100, decay_rate: float = 0.99,
-                 utility: str = "contribution", transfer_mean_to_bias: bool = True):
+                 utility: str = "contribution", transfer_mean_to_bias: bool = True,
+                 reset_optimizer_state: bool = True, replacement_count: str = "accumulate"):
         if utility not in UTILITIES:
             raise ValueError(f"unknown CBP utility {utility!r}; expected one of {UTILITIES}")
+        if replacement_count not in REPLACEMENT_COUNTS:
+            raise ValueError(f"unknown CBP replacement_count {replacement_count!r}; expected one of {REPLACEMENT_COUNTS}")
         if not 0 <= replacement_rate <= 1:
             raise ValueError(f"CBP replacement_rate must be in [0, 1], got {replacement_rate}")
         if not 0 <= decay_rate < 1:
@@ -43,6 +57,7 @@ class ContinualBackprop(PlasticityMethod):
         self.groups, self.optimizer, self.generators = groups, optimizer, generators
         self.replacement_rate, self.maturity_threshold = replacement_rate, maturity_threshold
         self.decay_rate, self.utility_type, self.transfer_mean_to_bias = decay_rate, utility, transfer_mean_to_bias
+        self.reset_optimizer_state, self.replacement_count = reset_optimizer_state, replacement_count
         self.log_decay = math.log(decay_rate) if decay_rate > 0 else -math.inf
         dev = [g.incoming.weight.device for g in groups]  # state lives beside the units it describes
         self.age = [torch.zeros(g.replicas, g.num_units, device=d) for g, d in zip(groups, dev)]
@@ -78,13 +93,23 @@ class ContinualBackprop(PlasticityMethod):
         n_eligible = eligible.sum(1)
         if not bool(n_eligible.any()):
             return
-        acc = self.accumulator[i]
-        acc += self.replacement_rate * n_eligible
-        n_replace = acc.floor()
+        if self.replacement_count == "bernoulli":
+            n_replace = self._bernoulli_count(n_eligible)
+        else:
+            acc = self.accumulator[i]
+            acc += self.replacement_rate * n_eligible
+            n_replace = acc.floor()
+            acc -= n_replace
         if not bool((n_replace > 0).any()):
             return
-        acc -= n_replace
         self._replace(i, group, eligible, n_replace.long())
+
+    def _bernoulli_count(self, n_eligible: torch.Tensor) -> torch.Tensor:
+        """[R]: x = rate * n_eligible per replica; below 1, one unit with probability x; else floor(x)."""
+        expected = (self.replacement_rate * n_eligible.double()).cpu()
+        draws = torch.cat([torch.rand(1, dtype=torch.float64, generator=g) for g in self.generators])
+        count = torch.where(expected < 1, (draws <= expected).double(), expected.floor())
+        return count.to(n_eligible.device)
 
     def bias_corrected_utility(self, i: int) -> torch.Tensor:
         return self.utility[i] / self._bias_correction(self.age[i]).clamp_min(1e-12)
@@ -110,8 +135,9 @@ class ContinualBackprop(PlasticityMethod):
             mean = self.mean_activation[i] / self._bias_correction(self.age[i]).clamp_min(1e-12)
             group.add_to_outgoing_bias(mean * mask)
         group.reinit(mask, self.generators)
-        for pu in group.all_params():
-            self.optimizer.reset_units(pu, mask)
+        if self.reset_optimizer_state:
+            for pu in group.all_params():
+                self.optimizer.reset_units(pu, mask)
         self.utility[i][mask] = 0
         self.mean_activation[i][mask] = 0
         self.age[i][mask] = 0

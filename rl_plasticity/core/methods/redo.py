@@ -2,7 +2,9 @@
 
 A unit's score is its mean |activation| over the latest batch divided by the layer's average of
 that quantity; units scoring at most `threshold` are dormant. They get fresh incoming weights from
-the layer's init, outgoing weights 0 and a fresh optimizer state.
+the layer's init, outgoing weights 0 and a fresh optimizer state. `reset_optimizer_state=False`
+keeps their optimizer state, as the paper's official PPO code did (lop/algos/gntRedo.py never
+touches the optimizer).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ def redo_scores(activation: torch.Tensor) -> torch.Tensor:
 class ReDo(PlasticityMethod):
     name = "redo"
 
-    def __init__(self, groups: list[UnitGroup], optimizer, generators, threshold: float = 0.1, every: int = 100):
+    def __init__(self, groups: list[UnitGroup], optimizer, generators, threshold: float = 0.1, every: int = 100,
+                 reset_optimizer_state: bool = True):
         if threshold < 0:
             raise ValueError(f"ReDo threshold must be >= 0, got {threshold}")
         if every < 1:
             raise ValueError(f"ReDo 'every' must be >= 1, got {every}")
         self.groups, self.optimizer, self.generators = groups, optimizer, generators
-        self.threshold, self.every = threshold, every
+        self.threshold, self.every, self.reset_optimizer_state = threshold, every, reset_optimizer_state
         self.steps = 0
         self.resets = [torch.zeros(g.replicas, dtype=torch.long, device=g.incoming.weight.device) for g in groups]
 
@@ -42,8 +45,9 @@ class ReDo(PlasticityMethod):
             if not bool(mask.any()):
                 continue
             group.reinit(mask, self.generators)
-            for pu in group.all_params():
-                self.optimizer.reset_units(pu, mask)
+            if self.reset_optimizer_state:
+                for pu in group.all_params():
+                    self.optimizer.reset_units(pu, mask)
             self.resets[i] += mask.sum(1)
 
     def stats(self) -> dict[str, float]:
