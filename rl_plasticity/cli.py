@@ -47,7 +47,7 @@ def _add_compare(sub) -> None:
                    help="TensorBoard tags to plot, one panel each; globs allowed (plasticity/*/dormant_fraction); "
                         "several after one --metric or one per --metric; default: the problem's headline number")
     p.add_argument("--bin", type=int, metavar="SIZE", help="bin width in steps (default: about 100 bins)")
-    p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg); the binned table goes beside it as .csv")
+    p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg, .eps); the binned table goes beside it as .csv")
     p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.compare").main(args))
 
 

@@ -40,6 +40,7 @@ DEFAULT_METRICS = {
 X_LABELS = {"ppo": "environment steps", "regression": "examples", "permuted_mnist": "examples",
             "continual_imagenet": "task", "incremental_cifar": "epochs"}
 PHYSICS_TAGS = ("charts/friction", "charts/mass")
+FIGURE_FORMATS = ("png", "pdf", "svg", "eps")  # matplotlib writes these itself
 CSV_FIELDS = ("metric", "learner", "bin_start", "bin_end", "mean", "se", "n_runs")
 _SEED_DIR = re.compile(r"^seed_\d+$")
 _SKIPPED_LOGS = {"mean"}  # a batched run's mean over seeds is not a seed
@@ -253,8 +254,11 @@ def main(args) -> int:
     if args.bin is not None and args.bin < 1:
         raise UserError(f"--bin must be >= 1, got {args.bin}")
     out = Path(args.out)
-    if not out.suffix:
-        raise UserError(f"--out {out}: give a figure file name such as compare.png")
+    if out.suffix.lower()[1:] not in FIGURE_FORMATS:
+        raise UserError(f"--out {out}: give a figure file ending in {', '.join('.' + f for f in FIGURE_FORMATS)} "
+                        "(such as compare.png)")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a figure file name such as {out / 'compare.png'}")
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     run_dirs = find_run_dirs(args.paths)
@@ -274,7 +278,7 @@ def main(args) -> int:
     tables = {metric: binned_table(runs, metric, width, learners) for metric in metrics}
     changes = physics_changes(runs)
     counts = {learner: sum(r.learner == learner for r in runs) for learner in learners}
-    atomic_write(out, plot_comparison(tables, learners, counts, changes, x_label(runs), fmt=out.suffix[1:]))
+    atomic_write(out, plot_comparison(tables, learners, counts, changes, x_label(runs), fmt=out.suffix.lower()[1:]))
     csv_path = out.with_suffix(".csv")
     write_csv(csv_path, [row for metric in metrics for row in tables[metric]])
     print(_report(tables, learners, width))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import importlib.util
 import json
 import re
 import sys
@@ -152,6 +153,8 @@ def _load_or_create(args) -> tuple[Path, dict]:
     manifest = new_manifest(args.configs, parse_seeds(args.seeds), args.overrides)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     sweep_dir = Path(args.out or f"runs/sweep-{stamp}").resolve()
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise UserError(f"--out {args.out} is a file, not a sweep directory; choose another --out")
     if (sweep_dir / MANIFEST).is_file():
         manifest = merge_manifest(read_manifest(sweep_dir), manifest, sweep_dir)
     elif sweep_dir.exists() and any(sweep_dir.iterdir()):
@@ -159,22 +162,31 @@ def _load_or_create(args) -> tuple[Path, dict]:
     return sweep_dir, manifest
 
 
-def main(args) -> int:
-    sweep_dir, manifest = _load_or_create(args)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    lock = _hold_sweep_lock(sweep_dir)  # noqa: F841 - released when the process ends
+def _run_with(args, manifest: dict) -> dict:
+    """Backend settings: the command line's, else those the sweep ran with before; checked."""
     run_with = manifest.get("run_with", {})
-    backend_name = args.backend or run_with.get("backend", "local")
+    backend = args.backend or run_with.get("backend", "local")
     workers = args.workers if args.workers is not None else run_with.get("workers")
     address = args.address if args.address is not None else run_with.get("address")
-    retries = args.retries if args.retries is not None else (2 if backend_name == "ray" else 0)
+    retries = args.retries if args.retries is not None else (2 if backend == "ray" else 0)
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     if retries < 0:
         raise UserError(f"--retries must be >= 0, got {retries}")
-    if address and backend_name != "ray":
+    if address and backend != "ray":
         raise UserError("--address joins a Ray cluster; it needs --backend ray")
-    manifest["run_with"] = {"backend": backend_name, "workers": workers, "address": address, "retries": retries}
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise UserError("the ray backend needs Ray: pip install ray")
+    return {"backend": backend, "workers": workers, "address": address, "retries": retries}
+
+
+def main(args) -> int:
+    sweep_dir, manifest = _load_or_create(args)
+    run_with = _run_with(args, manifest)  # every argument checked before anything is written
+    backend_name, workers, address, retries = (run_with[k] for k in ("backend", "workers", "address", "retries"))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    lock = _hold_sweep_lock(sweep_dir)  # noqa: F841 - released when the process ends
+    manifest["run_with"] = run_with
     manifest.setdefault("created", dt.datetime.now().astimezone().isoformat(timespec="seconds"))
     manifest["versions"] = package_versions()
     write_manifest(sweep_dir, manifest)
@@ -199,5 +211,5 @@ def main(args) -> int:
     counts = board.counts()
     if stop.requested:
         print(f"stopped; continue with: rl-plasticity sweep --resume {sweep_dir}", file=sys.stderr)
-        return 130
+        return stop.exit_code
     return 1 if counts["failed"] else 0

@@ -28,6 +28,7 @@ RESULTS_FILE = "results.json"
 ERROR_FILE = "error.log"
 STATE_DIR = ".sweep"  # inside the sweep directory: locks and full per-run logs
 USER_ERROR_EXIT = 2  # the CLI's exit code for bad input: retrying will not help
+STOPPED_EXITS = (0, 130, 143)  # a run that ends without results: stopped by Ctrl-C / SIGTERM, resumable
 ERROR_TAIL_LINES = 40
 
 
@@ -152,7 +153,7 @@ class RunProcess:
         if (run_dir / RESULTS_FILE).is_file():
             (run_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's error no longer applies
             return Outcome(self.spec, "done", seconds, rc)
-        if rc == 0 or self.terminated:
+        if rc in STOPPED_EXITS or self.terminated:
             return Outcome(self.spec, "stopped", seconds, rc)
         tail = _tail(self.spec.log_path, ERROR_TAIL_LINES)
         run_dir.mkdir(parents=True, exist_ok=True)
