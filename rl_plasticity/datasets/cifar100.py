@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rl_plasticity.datasets import reading
 from rl_plasticity.errors import UserError
 
 EXPECTED = ("the cifar-100-python folder with the pickled files train, test and meta "
@@ -29,11 +30,8 @@ class _DataUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            obj = _DataUnpickler(io.BufferedReader(f), encoding="bytes").load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise UserError(f"cannot read CIFAR-100 file {path}: {e}") from None
+    with reading(path, "CIFAR-100 file"), open(path, "rb") as f:
+        obj = _DataUnpickler(io.BufferedReader(f), encoding="bytes").load()
     if not isinstance(obj, dict):
         raise UserError(f"CIFAR-100 file {path} holds a {type(obj).__name__}; expected a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rl_plasticity.datasets import reading
 from rl_plasticity.errors import UserError
 
 EXPECTED = ("per-class files <class_index>.npy (uint8 [N, 32, 32, 3]) or the down-sampled ImageNet batches "
@@ -21,23 +22,18 @@ EXPECTED = ("per-class files <class_index>.npy (uint8 [N, 32, 32, 3]) or the dow
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    try:
+    with reading(path, "down-sampled ImageNet file"):
         x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
         raise UserError(f"{path} holds {x.dtype} {x.shape}; expected uint8 [N, 32, 32, 3]")
     return x
 
 
 def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "data" not in f or "labels" not in f:
-                raise UserError(f"{path} has arrays {sorted(f.files)}; expected data and labels")
-            data, labels = f["data"], np.asarray(f["labels"]).astype(np.int64)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+    with reading(path, "down-sampled ImageNet batch"), np.load(path, allow_pickle=False) as f:
+        if "data" not in f or "labels" not in f:
+            raise UserError(f"{path} has arrays {sorted(f.files)}; expected data and labels")
+        data, labels = f["data"], np.asarray(f["labels"]).astype(np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise UserError(f"{path} holds data {data.dtype} {data.shape}, labels {labels.shape}; "
                         "expected uint8 [N, 3072] and [N]")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rl_plasticity.datasets import reading
 from rl_plasticity.errors import UserError
 
 EXPECTED = ("a folder with the IDX files train-images-idx3-ubyte and train-labels-idx1-ubyte (optionally .gz), "
@@ -23,12 +24,10 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (gzipped or not): magic 0 0 <type> <ndim>, big-endian int32 sizes, then data."""
     path = Path(path)
-    try:
+    with reading(path, "IDX file"):
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:
-        raise UserError(f"cannot read IDX file {path}: {e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise UserError(f"{path} is not an IDX file (expected magic bytes 00 00 <type> <ndim>)")
     ndim = raw[3]
@@ -63,13 +62,10 @@ def load_mnist(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Training images [N, 28, 28] uint8 and labels [N] int64 from a local path."""
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if "x_train" not in data or "y_train" not in data:
-                    raise UserError(f"{path} has arrays {sorted(data.files)}; expected x_train and y_train")
-                return _checked(data["x_train"], data["y_train"], path)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read {path} as .npz: {e}") from None
+        with reading(path, "MNIST .npz file"), np.load(path, allow_pickle=False) as data:
+            if "x_train" not in data or "y_train" not in data:
+                raise UserError(f"{path} has arrays {sorted(data.files)}; expected x_train and y_train")
+            return _checked(data["x_train"], data["y_train"], path)
     if path.is_dir():
         images = _find(path, ("train-images-idx3-ubyte", "train-images.idx3-ubyte"))
         labels = _find(path, ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"))
