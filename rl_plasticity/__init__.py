@@ -21,9 +21,7 @@ _EXPORTS = {
     "UnitsNotFound": "rl_plasticity.integrations.finder",
     "find_unit_specs": "rl_plasticity.integrations.finder",
     "CBPPolicy": "rl_plasticity.integrations.sb3",
-    "PlasticityPolicy": "rl_plasticity.integrations.sb3",
     "CBPSACPolicy": "rl_plasticity.integrations.sb3",
-    "PlasticitySACPolicy": "rl_plasticity.integrations.sb3",
 }
 
 __all__ = ["__version__", *_EXPORTS]
