@@ -74,7 +74,7 @@ def locate(path: str | Path) -> tuple[Path, Path]:
 
 def load_policy(path: str | Path) -> SavedPolicy:
     """Read the policy of a run directory or checkpoint file; any mismatch is a UserError."""
-    from rl_plasticity.problems.ppo import PPORun, comparable_config
+    from rl_plasticity.problems.ppo import PPORun, config_differences
     from rl_plasticity.train import resolve_config
 
     ckpt, run_dir = locate(path)
@@ -88,9 +88,10 @@ def load_policy(path: str | Path) -> SavedPolicy:
         seed = int(sd["seed"])
     except (KeyError, TypeError, ValueError):
         raise UserError(f"checkpoint {ckpt} is not a PPO checkpoint (no config or seed in it)") from None
-    if comparable_config(saved_cfg) != comparable_config(cfg):
+    differing = config_differences(saved_cfg, cfg)
+    if differing:
         raise UserError(f"checkpoint {ckpt} does not match {run_dir / CONFIG_FILE} "
-                        f"({_differing_keys(saved_cfg, cfg)} differ); it belongs to another run")
+                        f"(keys {', '.join(differing[:5])} differ); it belongs to another run")
     run = PPORun(cfg, seed)
     try:
         run.load_state_dict(sd, source=f"checkpoint {ckpt}")
@@ -102,10 +103,3 @@ def load_policy(path: str | Path) -> SavedPolicy:
     physics_value = runner.physics_value
     run.runner.env.close()
     return SavedPolicy(policy, cfg, seed, runner.steps, ckpt, run_dir, physics_value)
-
-
-def _differing_keys(a: dict, b: dict) -> str:
-    from rl_plasticity.problems.ppo import _differences
-
-    keys = sorted(_differences(a, b))
-    return "keys " + ", ".join(keys[:5]) if keys else "their contents"

@@ -91,7 +91,7 @@ def run_job(impl: str, steps: int, seed: int, out: Path) -> None:
         run = PPORun(validate({"env": {"id": "Ant-v5"}, "total_steps": steps}, DEFAULTS), seed)
         curve: list[tuple[int, float]] = []
         while run.steps < steps:
-            episodes, _ = run.train_update()
+            episodes, _, _ = run.train_update()
             curve += [(e.step, e.ret) for e in episodes]
             save(run.steps, curve, done=False)
         rng = np.random.default_rng(seed)

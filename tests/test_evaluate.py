@@ -111,14 +111,14 @@ def test_phase_values_replay_the_runs_schedule(run_dir):
     _, info = env.reset(seed=derive_seed(saved.seed, "env"))
     seen[info["phase"]] = info["friction"]
     rng = np.random.default_rng(0)
-    for _ in range(400):
+    for _ in range(saved.cfg["total_steps"]):
         _, _, terminated, truncated, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
         length += 1
         if terminated or truncated or length >= limit:
             _, info = env.reset()
             length = 0
             seen[info["phase"]] = info["friction"]
-    assert {0, 1, 2, 3} <= set(seen)
+    assert {0, 1, 2} <= set(seen)
     for phase, value in seen.items():
         assert phase_physics(saved.cfg, saved.seed, phase) == Physics("friction", value)
 

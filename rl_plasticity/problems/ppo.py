@@ -269,8 +269,8 @@ class PPORun:
 
     def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
         saved = json.loads(sd["config"])
-        if comparable_config(saved) != comparable_config(self.cfg) or sd["seed"] != self.seed:
-            diff = sorted(_differences(saved, self.cfg))
+        diff = config_differences(saved, self.cfg)
+        if diff or sd["seed"] != self.seed:
             what = f"keys {', '.join(diff[:5])}" if diff else f"seed {sd['seed']} vs {self.seed}"
             raise UserError(f"{source} belongs to another run configuration ({what} differ); "
                             "resume it from its own run directory")
@@ -282,10 +282,26 @@ class PPORun:
         self.returns.extend(float(r) for r in sd["returns"])
 
 
-def comparable_config(cfg: dict) -> dict:
-    """The part of a config a checkpoint must match, as plain JSON data. Evaluation settings are left
-    out: they do not change training, and runs checkpointed before they existed must still resume."""
-    return {k: v for k, v in json.loads(json.dumps(cfg, sort_keys=True)).items() if k != "eval"}
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Keys (dotted, sorted) in which the config a checkpoint was written with and a run's current
+    config differ. Left out: evaluation settings (they do not change training), and keys the toolkit
+    gained after the checkpoint was written that are at their defaults (they reproduce the behaviour
+    from before they existed), so long runs survive upgrades."""
+    plain = json.loads(json.dumps(current, sort_keys=True))
+    keys = _differences({k: v for k, v in saved.items() if k != "eval"},
+                        {k: v for k, v in plain.items() if k != "eval"})
+    return sorted(k for k in keys if not (_lookup(saved, k) is _MISSING and _lookup(plain, k) == _lookup(DEFAULTS, k)))
+
+
+_MISSING = object()
+
+
+def _lookup(cfg: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(cfg, dict) or part not in cfg:
+            return _MISSING
+        cfg = cfg[part]
+    return cfg
 
 
 def _differences(a, b, prefix: str = "") -> list[str]:
