@@ -26,31 +26,34 @@ import gymnasium as gym
 import numpy as np
 
 
-class ZeroPadObservation(gym.ObservationWrapper):
+class ZeroPadObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Append zeros to a flat Box observation until it has `width` entries."""
 
     def __init__(self, env: gym.Env, width: int):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, width=width)
+        gym.ObservationWrapper.__init__(self, env)
         space = env.observation_space
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
             raise TypeError(f"ZeroPadObservation needs a flat Box observation space, got {space}")
         self.pad = int(width) - space.shape[0]
         if self.pad < 0:
             raise ValueError(f"cannot pad a {space.shape[0]}-entry observation to {width} entries")
-        zeros = np.zeros(self.pad, space.dtype)
-        self.observation_space = gym.spaces.Box(np.concatenate([space.low, zeros]),
-                                                np.concatenate([space.high, zeros]), dtype=space.dtype)
-        self._zeros = zeros
+        # Unbounded like the rest of the vector, as v3 declared its contact-force entries.
+        inf = np.full(self.pad, np.inf, space.dtype)
+        self.observation_space = gym.spaces.Box(np.concatenate([space.low, -inf]),
+                                                np.concatenate([space.high, inf]), dtype=space.dtype)
+        self._zeros = np.zeros(self.pad, space.dtype)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return np.concatenate([observation, self._zeros])
 
 
-class SurviveRewardOnTermination(gym.Wrapper):
+class SurviveRewardOnTermination(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Pay the healthy reward also on the step that terminates an episode (Ant-v3's reward)."""
 
     def __init__(self, env: gym.Env):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
         base = env.unwrapped
         if not hasattr(base, "_healthy_reward"):
             raise TypeError(f"{type(base).__name__} has no healthy reward to pay")
