@@ -10,4 +10,5 @@ BENCHES = {
     "envs": "rl_plasticity.bench.envs",
     "ppo": "rl_plasticity.bench.ppo",
     "supervised": "rl_plasticity.bench.supervised",
+    "sb3": "rl_plasticity.bench.sb3",
 }

@@ -1,0 +1,95 @@
+"""SB3 PPO env-steps/s on the friction-changing Ant: with CBP (CBPPolicy) vs plain SB3 PPO.
+
+All variants use the paper's PPO settings (one rl_plasticity/FrictionAnt-v0 env, 2048-step rollouts,
+10 epochs x 16 minibatches of 128, 256x256 ReLU actor and critic, LeCun init, lr 1e-4, Adam betas
+0.99/0.99, weight decay 1e-4, no entropy bonus, no gradient clipping, one torch thread) and differ only in:
+- plain:      SB3's MlpPolicy with torch's Adam;
+- exact Adam: MlpPolicy with rl_plasticity.Adam (exact per-unit reset), no CBP;
+- CBP:        CBPPolicy: rl_plasticity.Adam + CBP in actor and critic after every minibatch step
+              (rate 1e-4, decay 0.99, contribution utility; maturity --maturity, default 1,000 instead
+              of the paper's 10,000 so that units are replaced within a short benchmark).
+Each time covers acting and learning, not building the model. Variants alternate between repeats;
+the best of each is kept. Compare ratios from one invocation: other load slows all runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=20_480,
+                        help="env steps per run, rounded up to whole 2048-step rollouts (default 20480)")
+    parser.add_argument("--maturity", type=int, default=1_000, help="CBP maturity threshold (default 1000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure each variant this many times, interleaved, and keep the best (default 1)")
+
+
+def _model(variant: str, seed: int, maturity: int):
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+    from torch import nn
+
+    import envs  # noqa: F401  (registers rl_plasticity/FrictionAnt-v0)
+    from rl_plasticity.bench.ppo import lecun_uniform_
+    from rl_plasticity.integrations.optim import Adam
+    from rl_plasticity.integrations.sb3 import CBPPolicy
+
+    policy_kwargs: dict[str, Any] = {
+        "net_arch": {"pi": [256, 256], "vf": [256, 256]}, "activation_fn": nn.ReLU, "log_std_init": 0.0,
+        "ortho_init": False, "optimizer_kwargs": {"eps": 1e-8, "betas": (0.99, 0.99), "weight_decay": 1e-4},
+        "optimizer_class": {"plain": torch.optim.Adam, "exact_adam": Adam, "cbp": Adam}[variant]}
+    policy = "MlpPolicy"
+    if variant == "cbp":
+        policy = CBPPolicy
+        policy_kwargs.update(cbp={"maturity_threshold": maturity}, plasticity_init="lecun")
+    env = gym.make("rl_plasticity/FrictionAnt-v0")
+    model = PPO(policy, env, n_steps=2048, batch_size=128, n_epochs=10, learning_rate=1e-4, gamma=0.99,
+                gae_lambda=0.95, clip_range=0.2, ent_coef=0.0, vf_coef=1.0, max_grad_norm=1e10,
+                normalize_advantage=True, seed=seed, device="cpu", verbose=0, policy_kwargs=policy_kwargs)
+    lecun_uniform_(model.policy)
+    return model
+
+
+def _sps(variant: str, steps: int, seed: int, maturity: int) -> tuple[float, dict]:
+    model = _model(variant, seed, maturity)
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    sps = model.num_timesteps / (time.perf_counter() - start)
+    plasticity = getattr(model.policy, "plasticity", None)
+    return sps, ({} if plasticity is None else plasticity.stats())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from rl_plasticity.errors import UserError
+
+    if args.steps < 1 or args.repeats < 1 or args.maturity < 0:
+        raise UserError(f"--steps and --repeats must be >= 1 and --maturity >= 0, got {args.steps}, "
+                        f"{args.repeats} and {args.maturity}")
+    steps = -(-args.steps // 2048) * 2048
+    torch.set_num_threads(1)
+    labels = {"plain": "SB3 PPO", "exact_adam": "SB3 PPO, exact Adam", "cbp": "SB3 PPO + CBP"}
+    best: dict[str, float] = {}
+    replacements = 0.0
+    for r in range(args.repeats):
+        # Alternate the order between repeats so that a slow spell does not always hit the same variant.
+        for variant in (list(labels) if r % 2 == 0 else list(reversed(labels))):
+            sps, stats = _sps(variant, steps, args.seed, args.maturity)
+            best[variant] = max(best.get(variant, 0.0), sps)
+            replacements = max(replacements, sum(stats.values()))
+            print(f"{labels[variant]:20s} {sps:8.0f} env-steps/s")
+    figures: dict[str, Any] = {"steps": steps, "repeats": args.repeats, "maturity": args.maturity,
+                               "plain_sps": best["plain"], "exact_adam_sps": best["exact_adam"],
+                               "cbp_sps": best["cbp"], "cbp_replacements": replacements,
+                               "cbp_cost": 1 - best["cbp"] / best["plain"],
+                               "exact_adam_cost": 1 - best["exact_adam"] / best["plain"]}
+    print(f"CBP replaced {replacements:.0f} units (actor and critic, all layers)")
+    print(f"CBP + exact Adam cost {100 * figures['cbp_cost']:.1f}% of plain SB3 PPO's env-steps/s "
+          f"(exact Adam alone: {100 * figures['exact_adam_cost']:.1f}%)")
+    return figures
