@@ -190,7 +190,7 @@ class PhaseEndEvaluation:
         kind = state.runner.physics_kind
         target = Physics(kind, value) if kind is not None and value is not None else None
         runner = state.runner
-        policy = Policy(state.agent.policy_mean, state.agent.action_std(), runner.obs_norm, runner.low, runner.high)
+        policy = Policy.of(state)
         result = run_episodes(policy, state.cfg, target, e["episodes"], eval_seed(state.seed, phase),
                               deterministic=e["deterministic"], video_size=e["video_size"] if e["video"] else None,
                               max_episode_steps=runner.max_episode_steps)

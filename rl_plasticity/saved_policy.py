@@ -25,17 +25,24 @@ class Policy:
     mean: object  # normalised float32 observation -> action mean (PPOAgent.policy_mean)
     std: np.ndarray
     obs_norm: object | None  # agents.normalize.ObsNormalizer or None
-    low: np.ndarray
-    high: np.ndarray
+    bounds: tuple[np.ndarray, np.ndarray] | None  # (low, high) if actions are clipped, as in training
+
+    @classmethod
+    def of(cls, run) -> "Policy":
+        """The policy of a PPORun, sending actions to the env as its training did (ppo.clip_actions)."""
+        runner = run.runner
+        return cls(mean=run.agent.policy_mean, std=run.agent.action_std(), obs_norm=runner.obs_norm,
+                   bounds=(runner.low, runner.high) if runner.clip_actions else None)
 
     def act(self, raw_obs: np.ndarray, noise_rng: np.random.Generator | None) -> np.ndarray:
-        """The action sent to the env: mean (+ std * N(0, 1) unless `noise_rng` is None), clipped."""
+        """The action sent to the env: mean (+ std * N(0, 1) unless `noise_rng` is None), clipped to
+        the action bounds if training clipped it."""
         raw = np.asarray(raw_obs, np.float64)
         obs = self.obs_norm(raw, update=False) if self.obs_norm is not None else raw
         action = self.mean(obs.astype(np.float32))
         if noise_rng is not None:
             action = action + self.std * noise_rng.standard_normal(len(self.std)).astype(np.float32)
-        return np.clip(action, self.low, self.high)
+        return action if self.bounds is None else np.clip(action, *self.bounds)
 
 
 @dataclass
@@ -98,8 +105,7 @@ def load_policy(path: str | Path) -> SavedPolicy:
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise UserError(f"checkpoint {ckpt} cannot be loaded into its run's PPO agent: {e}") from None
     runner = run.runner
-    policy = Policy(mean=run.agent.policy_mean, std=run.agent.action_std(), obs_norm=runner.obs_norm,
-                    low=runner.low, high=runner.high)
+    policy = Policy.of(run)
     physics_value = runner.physics_value
     run.runner.env.close()
     return SavedPolicy(policy, cfg, seed, runner.steps, ckpt, run_dir, physics_value)
