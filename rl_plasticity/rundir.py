@@ -26,8 +26,9 @@ from rl_plasticity.errors import UserError
 CONFIG_FILE = "config.yaml"
 INFO_FILE = "run.json"
 # What runs and the commands working on them write at a run directory's top level; `--force` replaces
-# only a folder holding config.yaml or run.json and nothing else than these.
-RUN_ENTRIES = {CONFIG_FILE, INFO_FILE, "checkpoints", "tb", "results.json", "error.log", "eval"}
+# only a folder holding config.yaml, run.json or error.log and nothing else than these.
+ERROR_FILE = "error.log"
+RUN_ENTRIES = {CONFIG_FILE, INFO_FILE, ERROR_FILE, "checkpoints", "tb", "results.json", "eval"}
 _RUN_ENTRY = re.compile(r"^seed_\d+$")  # per-seed checkpoint folders of runs that train seeds one by one
 _TEMPORARY = re.compile(r"^\..+\.tmp$")  # atomic_open's temporaries (and their leftovers after a kill)
 # Distributions whose versions decide the numbers a run produces.
@@ -107,9 +108,10 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def foreign_entries(path: Path) -> list[str]:
-    """Top-level entries of folder `path` that no run writes (all of them if it has no config.yaml/run.json)."""
+    """Top-level entries of folder `path` that no run writes (all of them if it has no config.yaml, run.json
+    or error.log)."""
     names = sorted(p.name for p in path.iterdir())
-    if CONFIG_FILE not in names and INFO_FILE not in names:
+    if not {CONFIG_FILE, INFO_FILE, ERROR_FILE} & set(names):  # error.log: a sweep's note on a failed start
         return names
     return [n for n in names if n not in RUN_ENTRIES and not _RUN_ENTRY.match(n) and not _TEMPORARY.match(n)]
 

@@ -22,10 +22,9 @@ from collections import deque
 from pathlib import Path
 
 from rl_plasticity.checkpoint import latest_checkpoint
-from rl_plasticity.rundir import CONFIG_FILE, atomic_write
+from rl_plasticity.rundir import CONFIG_FILE, ERROR_FILE, atomic_write
 
 RESULTS_FILE = "results.json"
-ERROR_FILE = "error.log"
 STATE_DIR = ".sweep"  # inside the sweep directory: locks and full per-run logs
 USER_ERROR_EXIT = 2  # the CLI's exit code for bad input: retrying will not help
 STOPPED_EXITS = (0, 130, 143)  # a run that ends without results: stopped by Ctrl-C / SIGTERM, resumable

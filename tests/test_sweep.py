@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,8 @@ from rl_plasticity.cli import main as cli_main
 from rl_plasticity.sweep import parse_seeds
 from rl_plasticity.tblog import read_scalars
 from sweeps import CONFIGS, LEARNERS, TINY, cli, finished_local_sweep, sweep_argv
+
+HOOKS = Path(__file__).resolve().parent / "hooks"
 
 
 def check_finished_sweep(out, learners=LEARNERS, seeds=(0, 1), overrides=TINY):
@@ -77,9 +80,10 @@ def test_rerunning_a_finished_sweep_redoes_nothing(local_sweep):
 
 def test_ray_sweep_on_a_local_cluster_gives_the_same_runs_and_retries_crashes(tmp_path, local_sweep):
     pytest.importorskip("ray")
-    # A huge step size makes the weights non-finite and the run raises: a crash, not bad input.
+    # A network too big to allocate: the run crashes (exit 1, a traceback), which a retry might fix;
+    # bad input such as a diverging step size is not retried.
     crash = tmp_path / "crash.yaml"
-    crash.write_text((CONFIGS / "bp.yaml").read_text().replace("lr: 0.01", "lr: 1.0e8"))
+    crash.write_text((CONFIGS / "bp.yaml").read_text().replace("hidden: [5]", "hidden: [100000000000]"))
     out = tmp_path / "ray"
     argv = sweep_argv(out, "--backend", "ray", "--workers", "2", "--retries", "1")
     r = cli(*argv[:3], str(crash), *argv[3:])
@@ -98,7 +102,8 @@ def test_ray_sweep_on_a_local_cluster_gives_the_same_runs_and_retries_crashes(tm
         assert (out / ".sweep" / "logs" / "crash" / f"seed_{seed}.log").read_text().count("=== ") == 2  # retried
 
 
-def _wait_for(predicate, timeout=90.0):
+def _wait_for(predicate, timeout=120.0):
+    """Polls for a state the runs reach by themselves; the timeout only stops a test that hangs."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -112,22 +117,26 @@ def test_killed_sweep_restarts_without_redoing_finished_runs(tmp_path, local_swe
     learners = ["bp", "l2", "linear"]
     argv = [sys.executable, "-m", "rl_plasticity.cli",
             *sweep_argv(out, "--workers", "1", learners=learners, seeds="0-0", overrides=overrides)]
-    env = {**os.environ, "RL_PLASTICITY_NO_PROGRESS": "1"}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    # Runs start in order, one at a time: kill while the second one works; the third is not started yet.
     first, second = out / "bp" / "seed_0", out / "l2" / "seed_0"
-    _wait_for(lambda: (first / "results.json").is_file() and any((second / "checkpoints").glob("ckpt-*.pt")))
+    paused = tmp_path / "paused"
+    # Runs start in order, one at a time. The second one pauses after its first checkpoint until it is
+    # asked to stop (tests/hooks), so the kill always lands while it works and before the third starts.
+    env = {**os.environ, "RL_PLASTICITY_NO_PROGRESS": "1", "PYTHONPATH": str(HOOKS),
+           "RLP_TEST_PAUSE_AFTER_CHECKPOINT": str(second), "RLP_TEST_PAUSE_MARKER": str(paused)}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _wait_for(paused.is_file)
+    assert (first / "results.json").is_file() and any((second / "checkpoints").glob("ckpt-*.pt"))
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     if sig == signal.SIGTERM:
-        assert proc.returncode == 130 and "stopped  l2/seed_0" in err
+        assert proc.returncode == 143 and "stopped  l2/seed_0" in err
     else:
         assert proc.returncode == -signal.SIGKILL
     finished_at = (first / "results.json").stat().st_mtime_ns
     assert not (second / "results.json").exists()
 
     assert not (out / "linear").exists()
-    r = cli(*argv[3:])  # the same command again
+    r = cli(*argv[3:])  # the same command again; it waits for the stopping run's lock if it must
     assert r.returncode == 0, r.stderr
     check_finished_sweep(out, learners=learners, seeds=(0,), overrides=overrides)
     assert (first / "results.json").stat().st_mtime_ns == finished_at
