@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,21 @@ def test_killed_mid_checkpoint_write_resumes_from_the_newest_readable_checkpoint
     assert json.loads((killed / "results.json").read_text()) == json.loads((straight / "results.json").read_text())
     for seed in ("seed_0", "seed_1", "mean"):
         assert read_scalars(killed / "tb" / seed) == read_scalars(straight / "tb" / seed)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_run_exits_with_the_signals_code_and_resumes(tmp_path, sig, code):
+    """Ctrl-C and SIGTERM save a checkpoint and stop with the shell's codes, as a stopped sweep does."""
+    run, paused = tmp_path / "run", tmp_path / "paused"
+    proc = subprocess.Popen([sys.executable, "-m", "rl_plasticity.cli", *ARGS, "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=hooked_env(RLP_TEST_PAUSE_AFTER_CHECKPOINT=str(run), RLP_TEST_PAUSE_MARKER=str(paused)))
+    deadline = time.monotonic() + 120  # only stops a test that hangs; the run waits for the signal
+    while not paused.is_file():
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never paused"
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert f"continue with --resume {run}" in out and not (run / "results.json").exists()
+    assert cli_main(["train", "--resume", str(run)]) == 0 and (run / "results.json").is_file()
