@@ -167,3 +167,10 @@ def test_readme_sb3_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(python_block("With Stable-Baselines3"), "README.md", "exec"), {"__name__": "__main__"})
     assert "replacements" in capsys.readouterr().out
     assert (tmp_path / "ppo_cbp_ant.zip").exists()
+
+
+def test_sb3_bench_is_registered_with_its_options():
+    from rl_plasticity.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "sb3", "--json", "--steps", "4096", "--maturity", "50", "--repeats", "2"])
+    assert (args.steps, args.maturity, args.repeats, args.json) == (4096, 50, 2, True)
