@@ -63,8 +63,10 @@ class _PlasticityOptions:
         o = self._plasticity_kwargs
         init = default_init if o["plasticity_init"] is None else o["plasticity_init"]
         seed = None if o["plasticity_seed"] is None else o["plasticity_seed"] + seed_offset
+        # Shrink-and-perturb acts on what this optimizer trains (not, e.g., SAC's target networks).
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         return Plasticity(self, optimizer, cbp=_cbp_options(o["cbp"]), redo=o["redo"], snp=o["snp"], groups=specs,
-                          init=init, seed=seed, auto_step=True)
+                          init=init, seed=seed, auto_step=True, params=params)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), **self._plasticity_kwargs}
