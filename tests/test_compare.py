@@ -142,3 +142,10 @@ def test_bad_compare_input_is_one_clear_error(tmp_path, capsys, make, argv, word
     for w in words:
         assert w in line
     assert not fig.exists() and not (tmp_path / "fig.csv").exists()
+
+
+def test_metric_takes_several_tags_after_one_flag_and_repeated_flags():
+    from rl_plasticity.cli import build_parser
+
+    args = build_parser().parse_args(["compare", "sweep", "--metric", "a", "b/*", "--metric", "c", "--out", "f.png"])
+    assert args.metric == ["a", "b/*", "c"] and args.paths == ["sweep"]
