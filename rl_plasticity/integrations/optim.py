@@ -184,7 +184,7 @@ class StateReset:
         for key, value in state.items():
             if key in _ZERO_WHEN_FRESH and isinstance(value, torch.Tensor) and value.shape == pu.param.shape:
                 pu.units(value)[mask] = 0.0
-            elif key == "step":
+            elif key == "step" and "exp_avg" in state:  # Adam's family: the step sets the bias correction
                 self._warn_once("step", f"{name} keeps one step count per tensor, so the replaced units' moments "
                                         "were reset but their bias correction continues from the tensor's step; "
                                         "use rl_plasticity.Adam for an exact per-unit reset")
