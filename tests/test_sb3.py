@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from stable_baselines3 import PPO, SAC
+from stable_baselines3 import A2C, PPO, SAC
 from torch import nn
 
 import envs  # noqa: F401  (registers rl_plasticity/FrictionAnt-v0)
@@ -119,6 +119,8 @@ def test_ppo_cbp_counts_minibatch_steps_and_save_load_resumes_exactly(tmp_path):
     loaded = PPO.load(tmp_path / "ppo", env=_env(), device="cpu")
     _assert_same_tensors(model.policy.state_dict(), loaded.policy.state_dict())
     _assert_same_tensors(model.policy.optimizer.state_dict(), loaded.policy.optimizer.state_dict())
+    model.policy.save(tmp_path / "policy.pt")  # the policy alone (SB3 rebuilds it with lr 0)
+    _assert_same_tensors(model.policy.state_dict(), CBPPolicy.load(tmp_path / "policy.pt", device="cpu").state_dict())
     # One more update from the same rollout: the loaded model continues exactly as the original.
     loaded.rollout_buffer = copy.deepcopy(model.rollout_buffer)
     loaded.set_logger(model.logger)
@@ -140,6 +142,20 @@ def test_ppo_with_torch_adam_warns_once_and_redo_snp_compose():
     stats = model.policy.plasticity.stats()
     assert stats["cbp/mlp_extractor.policy_net.0/replacements"] > 0
     assert "redo/mlp_extractor.value_net.0/resets" in stats
+
+
+def test_a2c_with_rmsprop_resets_without_a_warning():
+    """A2C's default RMSprop has no bias correction: zeroing a unit's square average is a fresh state."""
+    model = A2C(CBPPolicy, _env(), n_steps=8, seed=0, device="cpu", policy_kwargs={"net_arch": [16], "cbp": FAST_CBP})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.learn(total_timesteps=200)
+    assert isinstance(model.policy.optimizer, torch.optim.RMSprop)
+    plasticity = model.policy.plasticity
+    assert all(v > 0 for v in plasticity.stats().values())
+    replaced = (plasticity.methods["cbp"].age[0][0] == 0).nonzero().flatten()
+    square_avg = model.policy.optimizer.state[model.policy.mlp_extractor.policy_net[0].weight]["square_avg"]
+    assert len(replaced) and torch.all(square_avg[replaced] == 0)
 
 
 def test_sac_cbp_in_actor_and_critic_and_save_load(tmp_path):

@@ -102,8 +102,8 @@ class Adam(_CoreBacked):
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-        if not lr > 0 or not eps > 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"Adam needs lr > 0, eps > 0, weight_decay >= 0 and betas in [0, 1); got lr={lr}, "
+        if not lr >= 0 or not eps > 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"Adam needs lr >= 0, eps > 0, weight_decay >= 0 and betas in [0, 1); got lr={lr}, "
                              f"eps={eps}, weight_decay={weight_decay}, betas={betas}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
 
@@ -138,8 +138,8 @@ class SGD(_CoreBacked):
     decay; a replaced unit's momentum buffer is reset exactly (a zero buffer is a fresh one)."""
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0):
-        if not lr > 0 or not 0 <= momentum < 1 or weight_decay < 0:
-            raise ValueError(f"SGD needs lr > 0, momentum in [0, 1) and weight_decay >= 0; got lr={lr}, "
+        if not lr >= 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(f"SGD needs lr >= 0, momentum in [0, 1) and weight_decay >= 0; got lr={lr}, "
                              f"momentum={momentum}, weight_decay={weight_decay}")
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
