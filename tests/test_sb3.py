@@ -57,10 +57,12 @@ def test_sb3_policy_bookkeeping_matches_our_ppo_agent():
     cfg["optimizer"].update(name="adam", lr=1e-3, betas=[0.99, 0.99], weight_decay=1e-4)
     cfg["cbp"].update(enabled=True, **FAST_CBP)
     ours = PPOAgent(obs_dim, act_dim, [16, 16], "relu", "lecun", 0.0, PPOSettings(), cfg,
-                    init_generator=torch.Generator().manual_seed(0), method_generators=[torch.Generator().manual_seed(9)],
+                    init_generator=torch.Generator().manual_seed(0),
+                    method_generators=[torch.Generator().manual_seed(9)],
                     minibatch_generator=torch.Generator().manual_seed(1))
     sb3 = PPO(CBPPolicy, env, learning_rate=1e-3, seed=0, device="cpu",
-              policy_kwargs={"net_arch": {"pi": [16, 16], "vf": [16, 16]}, "activation_fn": nn.ReLU, "ortho_init": False,
+              policy_kwargs={"net_arch": {"pi": [16, 16], "vf": [16, 16]}, "activation_fn": nn.ReLU,
+                             "ortho_init": False,
                              "optimizer_kwargs": {"betas": (0.99, 0.99), "weight_decay": 1e-4}, "cbp": FAST_CBP,
                              "plasticity_init": "lecun", "plasticity_seed": 9})
     policy = sb3.policy
@@ -188,5 +190,6 @@ def test_readme_sb3_example_runs(tmp_path, monkeypatch, capsys):
 def test_sb3_bench_is_registered_with_its_options():
     from rl_plasticity.cli import build_parser
 
-    args = build_parser().parse_args(["bench", "sb3", "--json", "--steps", "4096", "--maturity", "50", "--repeats", "2"])
+    args = build_parser().parse_args(["bench", "sb3", "--json", "--steps", "4096", "--maturity", "50",
+                                      "--repeats", "2"])
     assert (args.steps, args.maturity, args.repeats, args.json) == (4096, 50, 2, True)

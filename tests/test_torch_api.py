@@ -79,7 +79,8 @@ def _assert_identical(learner, opt, plasticity, plain_layers, core_layers, plain
      {"cbp": {"replacement_rate": 0.05, "maturity_threshold": 5}}),
     ({"name": "sgd", "lr": 1e-2, "momentum": 0.9},
      {"cbp": {"replacement_rate": 0.05, "maturity_threshold": 5, "utility": "adaptable_contribution"}}),
-    ({"name": "adam", "lr": 1e-2}, {"redo": {"threshold": 0.5, "every": 7}, "snp": {"shrink": 1e-3, "noise_std": 1e-3}}),
+    ({"name": "adam", "lr": 1e-2},
+     {"redo": {"threshold": 0.5, "every": 7}, "snp": {"shrink": 1e-3, "noise_std": 1e-3}}),
 ])
 def test_core_mlp_and_plain_sequential_train_bit_identically(optimizer, methods):
     """Same weights, data and seeds: the core's MLP + learner and an nn.Sequential through the public API

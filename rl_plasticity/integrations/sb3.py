@@ -112,7 +112,8 @@ class CBPSACPolicy(_PlasticityOptions, SACPolicy):
         if actor_specs:  # the last hidden layer is read by both heads
             last = actor_specs[-1]
             actor_specs[-1] = UnitSpec(last.incoming, ("actor.mu", "actor.log_std"), last.norm)
-        critic_specs = [s for i in range(len(self.critic.q_networks)) for s in chain_specs(_chain(self, f"critic.qf{i}"))]
+        critic_specs = [spec for i in range(len(self.critic.q_networks))
+                        for spec in chain_specs(_chain(self, f"critic.qf{i}"))]
         self.actor_plasticity = self._attach(actor_specs, actor.optimizer, "torch")
         # The critic's methods draw from their own stream.
         self.critic_plasticity = self._attach(critic_specs, self.critic.optimizer, "torch", seed_offset=1)
