@@ -1,16 +1,22 @@
-"""PPO env-steps/s: ours vs Stable-Baselines3 with identical settings, and ours with CBP on vs off.
+"""PPO env-steps/s: ours vs Stable-Baselines3 with identical settings, the paper configs, and CBP on vs off.
 
-Settings shared by both (the paper's): one Ant-v5 env, 2048-step rollouts, 10 epochs x 16 minibatches
-of 128, 256x256 ReLU actor and critic with LeCun-uniform init, Adam lr 1e-4 (eps 1e-8), no entropy bonus, GAE 0.99/0.95,
-clip 0.2, value coefficient 1, no gradient clipping, one torch thread. The runs go one after the
-other in this process; each time covers acting and learning, not building the model. Other load on
-the machine slows all runs alike only if it is steady: compare ratios from one invocation.
+"ours (SB3 settings)" and SB3 share: one Ant-v5 env, actions clipped to the bounds, advantages
+normalised per minibatch, 2048-step rollouts, 10 epochs x 16 minibatches of 128, 256x256 ReLU actor
+and critic with LeCun-uniform init, Adam lr 1e-4 (eps 1e-8), no entropy bonus, GAE 0.99/0.95, clip
+0.2, value coefficient 1, no gradient clipping, no plasticity metrics, one torch thread. The
+"paper" variants run configs/friction_ant/{std,cbp}.yaml as `train` does (the official Ant-v3
+observation padded to 111 entries, raw actions, metrics every 10,000 steps); CBP's cost compares
+the CBP config with the same config with CBP disabled. The runs go one after the other in this
+process; each time covers acting and learning, not building the model. Each variant reports
+env-steps per second of wall-clock time and per CPU-second of this process (one thread): on a
+shared, noisy machine the CPU-second figures are the steady ones, and the ratios use them.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -23,21 +29,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-sb3", action="store_true", help="time only our PPO (CBP off and on)")
 
 
-def _ours(steps: int, seed: int, learner: str = "std") -> float:
-    """learner: "std" (SB3's settings), "cbp" (the paper's CBP learner), or "cbp_off" (the same
-    optimizer with CBP disabled, the fair baseline for CBP's own cost)."""
-    from rl_plasticity.config import validate
-    from rl_plasticity.problems.ppo import DEFAULTS, PPORun
+PAPER_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "friction_ant"
 
-    cbp_optimizer = {"optimizer": {"betas": [0.99, 0.99], "weight_decay": 1e-4}}
-    learner = {"std": {}, "cbp_off": cbp_optimizer,
-               "cbp": {**cbp_optimizer, "cbp": {"enabled": True, "maturity_threshold": 10_000}}}[learner]
-    cfg = validate({"env": {"id": "Ant-v5"}, "total_steps": steps, **learner}, DEFAULTS)
+
+def _ours_config(variant: str, steps: int) -> dict:
+    """variant: "sb3_settings", "paper_std", "paper_cbp" or "paper_cbp_off" (the CBP config without CBP,
+    the fair baseline for CBP's own cost)."""
+    from rl_plasticity.config import load_config, validate
+    from rl_plasticity.errors import UserError
+    from rl_plasticity.problems.ppo import DEFAULTS, RULES
+
+    if variant == "sb3_settings":
+        return validate({"env": {"id": "Ant-v5"}, "total_steps": steps,
+                         "ppo": {"clip_actions": True, "advantage_normalization": "minibatch"}}, DEFAULTS)
+    learner, cbp = {"paper_std": ("std", "false"), "paper_cbp": ("cbp", "true"), "paper_cbp_off": ("cbp", "false")}[variant]
+    path = PAPER_CONFIGS / f"{learner}.yaml"
+    if not path.is_file():
+        raise UserError(f"bench ppo needs the repository's paper configs; {path} is missing")
+    return load_config(path, [f"total_steps={steps}", f"cbp.enabled={cbp}"], DEFAULTS, RULES)
+
+
+def _timed(work, steps: int) -> tuple[float, float]:
+    """(env-steps per wall-clock second, per CPU-second of this process) of `work()`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    return steps / (time.perf_counter() - wall), steps / (time.process_time() - cpu)
+
+
+def _ours(steps: int, seed: int, variant: str) -> tuple[float, float]:
+    from rl_plasticity.problems.ppo import PPORun
+
+    cfg = _ours_config(variant, steps)
     run = PPORun(cfg, seed)
-    start = time.perf_counter()
-    while run.steps < steps:
-        run.train_update()
-    return run.steps / (time.perf_counter() - start)
+    every = cfg["log"]["metrics_every"] if variant != "sb3_settings" else None
+
+    def train() -> None:
+        while run.steps < steps:
+            # Plasticity metrics at the same points as in `train` (SB3 has none to compare with).
+            run.train_update(measure=every is not None and (run.steps + run.buffer.steps) // every != run.steps // every)
+
+    return _timed(train, steps)
 
 
 def lecun_uniform_(module) -> None:
@@ -71,11 +102,9 @@ def sb3_model(seed: int):
     return model
 
 
-def _sb3(steps: int, seed: int) -> float:
+def _sb3(steps: int, seed: int) -> tuple[float, float]:
     model = sb3_model(seed)
-    start = time.perf_counter()
-    model.learn(total_timesteps=steps)
-    return model.num_timesteps / (time.perf_counter() - start)
+    return _timed(lambda: model.learn(total_timesteps=steps), steps)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,26 +116,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--steps and --repeats must be >= 1, got {args.steps} and {args.repeats}")
     steps = -(-args.steps // 2048) * 2048
     torch.set_num_threads(1)
-    variants = {"ours_sps": lambda: _ours(steps, args.seed, "std"),
+    variants = {"ours_sps": lambda: _ours(steps, args.seed, "sb3_settings"),
                 "sb3_sps": lambda: _sb3(steps, args.seed),
-                "ours_cbp_off_sps": lambda: _ours(steps, args.seed, "cbp_off"),
-                "ours_cbp_sps": lambda: _ours(steps, args.seed, "cbp")}
-    labels = {"ours_sps": "ours (std)", "sb3_sps": "SB3 PPO", "ours_cbp_off_sps": "ours (CBP off)",
-              "ours_cbp_sps": "ours (CBP on)"}
+                "ours_paper_std_sps": lambda: _ours(steps, args.seed, "paper_std"),
+                "ours_cbp_off_sps": lambda: _ours(steps, args.seed, "paper_cbp_off"),
+                "ours_cbp_sps": lambda: _ours(steps, args.seed, "paper_cbp")}
+    labels = {"ours_sps": "ours (SB3 settings)", "sb3_sps": "SB3 PPO", "ours_paper_std_sps": "ours (paper std)",
+              "ours_cbp_off_sps": "ours (paper CBP off)", "ours_cbp_sps": "ours (paper CBP on)"}
     if args.skip_sb3:
         del variants["sb3_sps"]
     best: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     for r in range(args.repeats):
         # Alternate the order between repeats so that a slow spell does not always hit the same variant.
         for name in (list(variants) if r % 2 == 0 else list(reversed(variants))):
-            sps = variants[name]()
-            best[name] = max(best.get(name, 0.0), sps)
-            print(f"{labels[name]:16s} {sps:8.0f} env-steps/s")
-    figures: dict[str, Any] = {"steps": steps, "repeats": args.repeats, **best}
+            sps, cpu_sps = variants[name]()
+            best[name], cpu[name] = max(best.get(name, 0.0), sps), max(cpu.get(name, 0.0), cpu_sps)
+            print(f"{labels[name]:22s} {sps:8.0f} env-steps/s  {cpu_sps:8.0f} env-steps/CPU-s")
+    figures: dict[str, Any] = {"steps": steps, "repeats": args.repeats, **best,
+                               **{name.replace("_sps", "_cpu_sps"): v for name, v in cpu.items()}}
     if "sb3_sps" in best:
-        figures["speedup_vs_sb3"] = best["ours_sps"] / best["sb3_sps"]
-        print(f"ours / SB3 = {figures['speedup_vs_sb3']:.2f}x")
+        figures["speedup_vs_sb3"] = cpu["ours_sps"] / cpu["sb3_sps"]
+        figures["paper_std_vs_sb3"] = cpu["ours_paper_std_sps"] / cpu["sb3_sps"]
+        print(f"ours / SB3 = {figures['speedup_vs_sb3']:.2f}x with identical settings; "
+              f"{figures['paper_std_vs_sb3']:.2f}x for the paper's std config (per CPU-second)")
     # Same optimizer settings on both sides: CBP's cost is CBP's alone.
-    figures["cbp_cost"] = 1 - best["ours_cbp_sps"] / best["ours_cbp_off_sps"]
-    print(f"CBP costs {100 * figures['cbp_cost']:.1f}% of the env-steps/s of the same learner without it")
+    figures["cbp_cost"] = 1 - cpu["ours_cbp_sps"] / cpu["ours_cbp_off_sps"]
+    print(f"CBP costs {100 * figures['cbp_cost']:.1f}% of the env-steps per CPU-second of the same learner without it")
     return figures
