@@ -18,7 +18,9 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     cols = dx[:, None] + torch.arange(W)
     cols = torch.where(flip[:, None], cols.flip(1), cols).to(x.device)  # a flip reads the columns reversed
     batch = torch.arange(B, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    # Contiguous NCHW: backward through the CIFAR ResNet on this channels-last view corrupted memory
+    # ("double free") in torch 2.13's CPU kernels.
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
 def mnist_to_rgb32(images: torch.Tensor) -> torch.Tensor:
