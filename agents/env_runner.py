@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
-from agents.normalize import ObsNormalizer, RewardScaler
-from agents.rollout import RolloutBuffer
-from rl_plasticity.checkpoint import generator_state, set_generator_state
+from rl_plasticity.agents.normalize import ObsNormalizer, RewardScaler
+from rl_plasticity.agents.rollout import RolloutBuffer
+from rl_plasticity.run.checkpoint import generator_state, set_generator_state
 
 _STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 
@@ -34,7 +34,7 @@ class Episode:
 
 def find_schedule(env: gym.Env):
     """The NonstationaryPhysics wrapper inside env, or None for a stationary env."""
-    from envs import NonstationaryPhysics
+    from rl_plasticity.envs import NonstationaryPhysics
 
     while isinstance(env, gym.Wrapper):
         if isinstance(env, NonstationaryPhysics):

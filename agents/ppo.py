@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents.rollout import RolloutBuffer, compute_gae, next_state_values
+from rl_plasticity.agents.rollout import RolloutBuffer, compute_gae, next_state_values
 from rl_plasticity.core.builders import build_learner
 from rl_plasticity.core.networks import MLP
 

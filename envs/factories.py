@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 
-from envs.nonstationary import ChangingFriction, ChangingMass, NonstationaryPhysics
+from rl_plasticity.envs.nonstationary import ChangingFriction, ChangingMass, NonstationaryPhysics
 
 SCHEDULE_KWARGS = ("change_every", "value_range", "values", "after_last", "schedule_seed", "spacing")
 

@@ -36,8 +36,8 @@ from typing import Any, ClassVar, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from envs.physics import MassScaler, find_mujoco_model, set_sliding_friction
-from envs.schedule import DEFAULT_CHANGE_EVERY, AfterLast, Spacing, ValueSchedule
+from rl_plasticity.envs.physics import MassScaler, find_mujoco_model, set_sliding_friction
+from rl_plasticity.envs.schedule import DEFAULT_CHANGE_EVERY, AfterLast, Spacing, ValueSchedule
 
 
 class NonstationaryPhysics(gym.Wrapper, gym.utils.RecordConstructorArgs):

@@ -37,7 +37,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--workers", type=int, help="runs at a time (default: the number of CPU cores)")
     p.add_argument("--address", help="join the Ray cluster at this address instead of starting one")
     p.add_argument("--retries", type=int, help="times a crashed run is retried (default: 0 local, 2 ray)")
-    p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.sweep").main(args))
+    p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.sweep.command").main(args))
 
 
 def _add_compare(sub) -> None:
@@ -48,11 +48,11 @@ def _add_compare(sub) -> None:
                         "several after one --metric or one per --metric; default: the problem's headline number")
     p.add_argument("--bin", type=int, metavar="SIZE", help="bin width in steps (default: about 100 bins)")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg, .eps); the binned table goes beside it as .csv")
-    p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.compare").main(args))
+    p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.compare.command").main(args))
 
 
 def _add_evaluate(sub) -> None:
-    from rl_plasticity.eval_env import BOUNDS
+    from rl_plasticity.problems.mujoco_env import BOUNDS
 
     bounds = "; ".join(f"{k.replace('_', ' ')} in [{lo:g}, {hi:g}]" for k, (lo, hi) in BOUNDS.items())
     p = sub.add_parser("evaluate", help="run a saved PPO policy on chosen physics; table, mp4 video, sweeps",
@@ -77,7 +77,7 @@ def _add_evaluate(sub) -> None:
                    help="add the results and a video (animated GIF in the Images tab) to the run's TensorBoard")
     p.add_argument("--plot", metavar="OUT.png",
                    help="sweep plot (default RUN_DIR/eval/sweep-<kind>-step<N>.png); the CSV goes beside it")
-    p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.evaluate").main(args))
+    p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.evaluate.command").main(args))
 
 
 def _add_bench(sub) -> None:

@@ -184,6 +184,21 @@ class LayerSizes(Rule):
         return f"LayerSizes(min_len={self.min_len})"
 
 
+class Numbers(Rule):
+    """A list of exactly `length` numbers, each obeying `each` (Adam's betas: Numbers(2, Range(0, 1, high_open=True)))."""
+
+    def __init__(self, length: int, each: Range):
+        self.length, self.each = length, each
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, list) and len(value) == self.length and all(self.each.problem(v) is None for v in value):
+            return None
+        return f"must be a list of {self.length} numbers, each {self.each.describe().removeprefix('must be ')}"
+
+    def __repr__(self) -> str:
+        return f"Numbers({self.length}, {self.each!r})"
+
+
 # --------------------------------------------------------------------------- validation
 
 

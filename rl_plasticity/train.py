@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from rl_plasticity.checkpoint import CHECKPOINT_DIR
-from rl_plasticity.config import apply_overrides, read_yaml, validate
+from rl_plasticity.config import read_yaml
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems import PROBLEMS
-from rl_plasticity.progress import GracefulStop
-from rl_plasticity.rundir import default_run_dir, new_run_dir, read_run_info, remove_temporaries, write_run_info
-
-
-def problem_module(cfg: dict):
-    name = cfg.get("problem")
-    if name not in PROBLEMS:
-        raise UserError(f"config key 'problem' must be one of {sorted(PROBLEMS)}, got {name!r}")
-    return importlib.import_module(PROBLEMS[name])
-
-
-def resolve_config(raw: dict, overrides: list[str]) -> tuple[dict, object]:
-    cfg = apply_overrides(raw, overrides)
-    module = problem_module(cfg)
-    cfg = validate(cfg, module.DEFAULTS, module.RULES)
-    if hasattr(module, "check"):
-        module.check(cfg)
-    return cfg, module
+from rl_plasticity.problems import resolve_config
+from rl_plasticity.run.checkpoint import CHECKPOINT_DIR
+from rl_plasticity.run.progress import GracefulStop
+from rl_plasticity.run.rundir import (
+    default_run_dir,
+    new_run_dir,
+    read_run_info,
+    remove_temporaries,
+    write_run_info,
+)
 
 
 def _seeds(args) -> list[int]:

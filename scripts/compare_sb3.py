@@ -1,8 +1,12 @@
-"""Learning check: our PPO vs Stable-Baselines3's PPO on Ant-v5 with identical settings.
+"""Learning check: our PPO vs Stable-Baselines3's PPO on Ant-v5, both with SB3's action handling.
 
-Both learn with the paper's PPO settings (see rl_plasticity/bench/ppo.py for the list) from the
-same seeds; the script reports the mean episodic return over each run's last episodes (mean and
-standard error over seeds), the env-steps/s of each, and writes docs/compare_sb3.{md,json,png}.
+Both sides run the same settings, `bench ppo`'s "SB3 settings" (rl_plasticity/bench/ppo_speed.py lists
+them): Ant-v5's default observation and reward, the sampled action clipped to [-1, 1] before
+env.step (SB3 always clips; ours is built with ppo.clip_actions: true) and advantages normalised per
+minibatch (SB3's normalize_advantage; ours ppo.advantage_normalization: minibatch). These are NOT the
+paper configs, which send the raw sample and normalise over the whole rollout (docs/fidelity.md).
+Runs from the same seeds; the script reports the mean episodic return over each run's last episodes
+(mean and standard error over seeds), the env-steps/s of each, and writes docs/compare_sb3.{md,json,png}.
 
     python scripts/compare_sb3.py run --impl ours --seed 0 --steps 2000000   # one run; run several at once
     python scripts/compare_sb3.py run --impl sb3 --seed 0 --steps 2000000
@@ -29,7 +33,7 @@ CAVEAT = ("Too short to judge learning: in the first ~100k steps of Ant the retu
 def run_sb3(steps: int, seed: int, on_progress=None):
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from rl_plasticity.bench.ppo import sb3_model
+    from rl_plasticity.bench.ppo_speed import sb3_model
 
     class Episodes(BaseCallback):
         def __init__(self):
@@ -61,7 +65,7 @@ def forward_velocity(act, seed: int, episodes: int = 5) -> float:
         obs, _ = env.reset(seed=10_000 + 100 * seed + episode)
         done = False
         while not done:
-            obs, _, terminated, truncated, info = env.step(np.clip(act(obs), -1.0, 1.0))
+            obs, _, terminated, truncated, info = env.step(np.clip(act(obs), -1.0, 1.0))  # as both trained
             velocities.append(float(info["x_velocity"]))
             done = terminated or truncated
     return float(np.mean(velocities))
@@ -85,20 +89,24 @@ def run_job(impl: str, steps: int, seed: int, out: Path) -> None:
                                         "forward_velocity": velocity, "curve": curve}))
 
     if impl == "ours":
-        from rl_plasticity.config import validate
-        from rl_plasticity.problems.ppo import DEFAULTS, PPORun
+        from rl_plasticity.bench.ppo_speed import _ours_config
+        from rl_plasticity.problems.mujoco_ppo import PPORun
 
-        run = PPORun(validate({"env": {"id": "Ant-v5"}, "total_steps": steps}, DEFAULTS), seed)
+        # SB3's handling, as when docs/compare_sb3.* were made: the sample clipped to [-1, 1] before
+        # env.step (SB3 clips in collect_rollouts) and advantages normalised per minibatch.
+        cfg = _ours_config("sb3_settings", steps)
+        assert cfg["ppo"]["clip_actions"] and cfg["ppo"]["advantage_normalization"] == "minibatch"
+        run = PPORun(cfg, seed)
         curve: list[tuple[int, float]] = []
         while run.steps < steps:
             episodes, _, _ = run.train_update()
             curve += [(e.step, e.ret) for e in episodes]
             save(run.steps, curve, done=False)
+        from rl_plasticity.problems.mujoco_eval import Policy
+
         rng = np.random.default_rng(seed)
-        agent = run.agent
-        std = agent.action_std()
-        velocity = forward_velocity(lambda o: agent.policy_mean(np.asarray(o, np.float32)) +
-                                    std * rng.standard_normal(std.shape), seed)
+        policy = Policy.of(run)  # acts as training did: stochastic, clipped (clip_actions is on)
+        velocity = forward_velocity(lambda o: policy.act(o, rng), seed)
         save(run.steps, curve, done=True, velocity=velocity)
     else:
         curve, _, model = run_sb3(steps, seed, on_progress=lambda n, c: save(n, c, done=False))
@@ -139,10 +147,13 @@ def report(job_dir: Path, out: Path, last: int) -> None:
                          "runs": len(mine)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_sb3.json").write_text(json.dumps({"steps": steps, "seeds": seeds, **results}, indent=1))
-    lines = ["# Our PPO vs SB3 PPO on Ant-v5 (identical settings)\n",
+    lines = ["# Our PPO vs SB3 PPO on Ant-v5 (identical settings: SB3's action handling)\n",
+             ("Both sides clip the sampled action to [-1, 1] before env.step and normalise advantages per minibatch, on "
+             "Ant-v5's default observation and reward (ours: ppo.clip_actions true, ppo.advantage_normalization "
+             "minibatch); these are not the paper configs, which send the raw action (docs/fidelity.md). "
              f"{steps:,} env steps per run, seeds {seeds}; final return = mean of each run's last {last} training "
              "episodes; forward velocity = mean x-velocity of the trained (stochastic) policy over 5 fresh "
-             "episodes; mean +- standard error over seeds. Made by:\n",
+             "episodes; mean +- standard error over seeds. Made by:\n"),
              "```",
              *[f"python scripts/compare_sb3.py run --impl {i} --seed {s} --steps {jobs[0]['steps']}" for i in ("ours", "sb3")
                for s in seeds],
@@ -176,7 +187,7 @@ def report(job_dir: Path, out: Path, last: int) -> None:
         ax.fill_between(x, mean - se, mean + se, color=color, alpha=0.25)
     ax.set_xlabel("env steps")
     ax.set_ylabel("training episode return")
-    ax.set_title("PPO on Ant-v5, paper settings: mean +- standard error")
+    ax.set_title("PPO on Ant-v5, SB3's settings (clipped actions): mean +- standard error")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from rl_plasticity.checkpoint import list_checkpoints
 from rl_plasticity.cli import main as cli_main
+from rl_plasticity.run.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 REGRESSION = ["examples=1000", "bin_size=500", "stream.change_every=500", "log.metrics_every=500",
@@ -118,6 +118,10 @@ def world(tmp_path_factory) -> Path:
         shutil.copytree(w / "run", w / f"ckpt_{kind}")
         for _, path in list_checkpoints(w / f"ckpt_{kind}"):
             torch.save(obj, path)
+    shutil.copytree(w / "ppo", w / "ppo_wrong_structure")  # PPO checkpoints of another shape
+    (w / "ppo_wrong_structure" / "results.json").unlink()
+    for _, path in list_checkpoints(w / "ppo_wrong_structure"):
+        torch.save({"agent": {"x": 1}}, path)
     ppo_ckpt = sorted((w / "ppo" / "checkpoints").glob("ckpt-*.pt"))[-1].read_bytes()
     (w / "ppo_evil.pt").write_bytes(damaged["pickle_payload"])
     (w / "ppo_bitflip.pt").write_bytes(flipped(ppo_ckpt))
@@ -175,6 +179,7 @@ def world(tmp_path_factory) -> Path:
     shutil.copy(w / "run" / "config.yaml", w / "badinfo" / "config.yaml")
     (w / "badinfo" / "run.json").write_text("{not json")
     (w / "empty").mkdir()
+    (w / "configs" / "antv2.yaml").write_text("problem: ppo\nenv: {id: Ant-v2}\n")
     return w
 
 
@@ -210,6 +215,10 @@ CASES = {
     "wrong type": (["train", R, *sets("examples=many")], ["examples", "int"]),
     "out of range": (["train", R, *sets("cbp.replacement_rate=-1")], ["cbp.replacement_rate", "[0, 1]"]),
     "keys that disagree": (["train", R, *sets("stream.slow_bits=30")], ["stream.slow_bits", "stream.inputs"]),
+    "betas too few": (["train", P, *sets("optimizer.betas=[0.9]")], ["optimizer.betas", "list of 2 numbers"]),
+    "betas not numbers": (["train", P, *sets("optimizer.betas=[a, b]")], ["optimizer.betas", "list of 2 numbers"]),
+    "betas out of range": (["train", P, *sets("optimizer.betas=[1.5, 0.9]")], ["optimizer.betas", "[0, 1)"]),
+    "env that cannot be made": (["train", "configs/antv2.yaml"], ["gymnasium cannot make 'Ant-v2'", "Ant-v5"]),
     # overrides
     "override without value": (["train", R, *sets("examples")], ["malformed override", "KEY=VALUE"]),
     "override into a value": (["train", R, *sets("examples.x=1")], ["'examples' is not a mapping"]),
@@ -243,6 +252,8 @@ CASES = {
     "checkpoint plain pickle": (["train", "--resume", "ckpt_plain_pickle"], ["no usable checkpoint", "torch"]),
     "checkpoint wrong structure": (["train", "--resume", "ckpt_wrong_structure"], ["does not fit this run"]),
     "checkpoint not a dict": (["train", "--resume", "ckpt_tensor"], ["holds a Tensor, not a dict"]),
+    "PPO checkpoint wrong structure": (["train", "--resume", "ppo_wrong_structure"],
+                                       ["no usable checkpoint", "does not fit this run"]),
     # data files of every supported format, damaged
     "MNIST npz truncated": (["train", MNIST, *sets("data.path=data/mnist_truncated.npz", *TINY_MNIST)],
                             ["mnist_truncated.npz"]),
@@ -299,6 +310,8 @@ CASES = {
     "sweep seeds text": (["sweep", R, "--seeds", "a-b", "--out", "sw"], ["0-29"]),
     "sweep no seeds": (["sweep", R, "--out", "sw"], ["give the seeds"]),
     "sweep bad config": (["sweep", R, "--seeds", "0-1", "--out", "sw", *sets("examples=lots")], ["examples"]),
+    "sweep env that cannot be made": (["sweep", "configs/antv2.yaml", "--seeds", "0-1", "--out", "sw"],
+                                      ["gymnasium cannot make 'Ant-v2'"]),
     "sweep into a file": (["sweep", R, "--seeds", "0-1", "--out", "notes.txt"], ["notes.txt is a file"]),
     "sweep into a folder": (["sweep", R, "--seeds", "0-1", "--out", "thesis"], ["not a sweep directory"]),
     "sweep resume a run": (["sweep", "--resume", "run"], ["not a sweep directory"]),

@@ -9,9 +9,14 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
+from rl_plasticity.envs import (
+    ChangingFriction,
+    ChangingMass,
+    get_schedule_state,
+    set_schedule_state,
+)
 
-import envs
-from envs import ChangingFriction, ChangingMass, get_schedule_state, set_schedule_state
+from rl_plasticity import envs
 
 BASE_IDS = ("Ant-v5", "Hopper-v5", "Walker2d-v5", "HalfCheetah-v5")
 WRAPPERS = {"friction": ChangingFriction, "mass_scale": ChangingMass}

@@ -18,14 +18,24 @@ import pytest
 import torch
 import yaml
 
-from rl_plasticity.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from rl_plasticity.cli import main as cli_main
 from rl_plasticity.errors import UserError
-from rl_plasticity.eval_env import Physics, make_eval_env, phase_physics, physics
-from rl_plasticity.evaluate import run_episodes
-from rl_plasticity.saved_policy import load_policy
-from rl_plasticity.tblog import read_scalars
-from rl_plasticity.video import write_mp4
+from rl_plasticity.evaluate.command import run_episodes
+from rl_plasticity.evaluate.saved_policy import load_policy
+from rl_plasticity.problems.mujoco_env import (
+    Physics,
+    make_eval_env,
+    phase_physics,
+    physics,
+)
+from rl_plasticity.run.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from rl_plasticity.run.tblog import read_scalars
+from rl_plasticity.run.video import write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs/quickstart/friction_ant_cbp.yaml")
@@ -100,9 +110,9 @@ def test_checkpoints_from_before_eval_settings_existed_still_load(run_dir, tmp_p
 def test_phase_values_replay_the_runs_schedule(run_dir):
     import gymnasium as gym
 
-    import envs  # noqa: F401 - registers the env
-    from rl_plasticity.problems.ppo import make_env
-    from rl_plasticity.seeding import derive_seed
+    from rl_plasticity import envs  # noqa: F401 - registers the env
+    from rl_plasticity.problems.mujoco_ppo import make_env
+    from rl_plasticity.run.seeding import derive_seed
 
     saved = load_policy(run_dir)
     env, limit = make_env(saved.cfg)  # no time limit: it is ours to count, as in the runner

@@ -7,7 +7,7 @@ from rl_plasticity.core.methods import ReDo, ShrinkPerturb
 from rl_plasticity.core.methods.redo import redo_scores
 from rl_plasticity.core.metrics import dormant_fraction, effective_rank, stable_rank
 from rl_plasticity.core.networks import MLP
-from rl_plasticity.core.optim import Adam, SGD
+from rl_plasticity.core.optim import SGD, Adam
 
 
 def test_redo_resets_only_dormant_units():

@@ -14,13 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rl_plasticity.agents.rollout import compute_gae, next_state_values
 
-from agents.rollout import RolloutBuffer, compute_gae, next_state_values
-from rl_plasticity.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from rl_plasticity.cli import main as cli_main
 from rl_plasticity.config import validate
-from rl_plasticity.problems.ppo import DEFAULTS, PPORun
-from rl_plasticity.tblog import read_scalars
+from rl_plasticity.problems.mujoco_ppo import DEFAULTS, PPORun
+from rl_plasticity.run.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
+from rl_plasticity.run.tblog import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*ant/*.yaml")) + [REPO / "configs/quickstart/friction_ant_cbp.yaml"]

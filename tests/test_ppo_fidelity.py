@@ -12,19 +12,25 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from rl_plasticity.agents.env_runner import EnvRunner
+from rl_plasticity.agents.ppo import PPOAgent, PPOSettings
+from rl_plasticity.agents.rollout import RolloutBuffer
+from rl_plasticity.envs.schedule import ValueSchedule
 
-import envs
-from agents.env_runner import EnvRunner
-from agents.ppo import PPOAgent, PPOSettings
-from agents.rollout import RolloutBuffer
-from envs.schedule import ValueSchedule
+from rl_plasticity import envs
 from rl_plasticity.config import load_config, validate
-from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.core.methods import ContinualBackprop, ReDo
+from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.optim import Adam
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems.ppo import DEFAULTS, RULES, PPORun, config_differences, make_env
+from rl_plasticity.problems.mujoco_ppo import (
+    DEFAULTS,
+    RULES,
+    PPORun,
+    config_differences,
+    make_env,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs/friction_ant/cbp.yaml"
@@ -170,8 +176,15 @@ def test_fixed_spacing_is_unchanged():
 # --------------------------------------------------------------------------- advantages and one update
 
 
-def _official_update(actor, critic, log_std, buf: RolloutBuffer, perms, s: PPOSettings, adam_kw: dict):
-    """lop/algos/rl/ppo.py, PPO.get_rets_advs + PPO.learn, on plain torch modules (float32 as there)."""
+def _official_update(actor, critic, log_std, buf: RolloutBuffer, perms, s: PPOSettings, adam_kw: dict,
+                     norm: str = "batch"):
+    """lop/algos/rl/ppo.py, PPO.get_rets_advs + PPO.learn, on plain torch modules (float32 as there).
+
+    norm "batch" is the official normalisation of the whole rollout (unbiased std, no epsilon, skipped
+    when the std is 0). norm "minibatch" skips it and normalises each minibatch's advantages instead,
+    as SB3 does: stable_baselines3/ppo/ppo.py, PPO.train, `advantages = (advantages -
+    advantages.mean()) / (advantages.std() + 1e-8)` (a torch tensor's std, so unbiased, epsilon 1e-8
+    added to the std). The returned advantages are then the un-normalised ones."""
     os_, acts = torch.from_numpy(buf.obs), torch.from_numpy(buf.actions)
     rs = torch.from_numpy(buf.rewards).float()
     dones = torch.from_numpy(buf.ended.astype(np.float32))
@@ -185,17 +198,20 @@ def _official_update(actor, critic, log_std, buf: RolloutBuffer, perms, s: PPOSe
         advs[t] = delta + (1 - dones[t]) * s.gamma * s.gae_lambda * advs[t + 1]
     v_rets = (advs[:-1] + vals[:-1]).view(-1, 1)
     advs = advs[:-1].view(-1, 1)
-    advs = advs - advs.mean()
-    if advs.std() != 0 and not torch.isnan(advs.std()):
-        advs /= advs.std()
+    if norm == "batch":
+        advs = advs - advs.mean()
+        if advs.std() != 0 and not torch.isnan(advs.std()):
+            advs /= advs.std()
     opt = torch.optim.Adam(list(actor.parameters()) + list(critic.parameters()) + [log_std], **adam_kw)
     for perm in perms:
         for start in range(0, len(os_), s.minibatch_size):
             ind = perm[start:start + s.minibatch_size]
             logpts = torch.distributions.Normal(actor(os_[ind]), log_std.exp()).log_prob(acts[ind]).sum(1, keepdim=True)
             grad_sub = (logpts - logpbs[ind]).exp()
-            p_loss = torch.max(-(grad_sub * advs[ind]),
-                               -(torch.clamp(grad_sub, 1 - s.clip, 1 + s.clip) * advs[ind])).mean()
+            a = advs[ind]
+            if norm == "minibatch":
+                a = (a - a.mean()) / (a.std(unbiased=True) + 1e-8)
+            p_loss = torch.max(-(grad_sub * a), -(torch.clamp(grad_sub, 1 - s.clip, 1 + s.clip) * a)).mean()
             v_loss = (v_rets[ind] - critic(os_[ind])).pow(2).mean()
             opt.zero_grad()
             (p_loss + v_loss).backward()
@@ -214,10 +230,13 @@ def _plain_copy(net: MLP) -> torch.nn.Sequential:
     return torch.nn.Sequential(*mods)
 
 
-def test_one_update_equals_the_official_formulas():
+def _one_update_both_ways(norm: str):
+    """(our agent after one update, our prepare() output, the reference nets after one update, the
+    reference's returns and advantages), from the same weights, batch and minibatch order."""
     torch.manual_seed(0)
     obs_dim, act_dim, T = 6, 2, 64
-    s = PPOSettings(epochs=2, minibatch_size=16, truncation_as_termination=True)  # the official treatment
+    s = PPOSettings(epochs=2, minibatch_size=16, truncation_as_termination=True,  # the official treatment
+                    advantage_normalization=norm)
     cfg = validate({"optimizer": {"name": "adam", "lr": 3e-3, "betas": [0.99, 0.99], "weight_decay": 1e-3}},
                    DEFAULTS)
     agent = PPOAgent(obs_dim, act_dim, [8, 8], "relu", "lecun", 0.0, s, cfg,
@@ -241,11 +260,11 @@ def test_one_update_equals_the_official_formulas():
     ours = agent.prepare(buf)
     agent.update(buf)
     v_rets, advs = _official_update(actor, critic, log_std, buf, perms, s,
-                                    {"lr": 3e-3, "betas": (0.99, 0.99), "eps": 1e-8, "weight_decay": 1e-3})
+                                    {"lr": 3e-3, "betas": (0.99, 0.99), "eps": 1e-8, "weight_decay": 1e-3}, norm)
+    return agent, ours, (actor, critic, log_std), v_rets, advs
 
-    assert torch.allclose(ours["returns"], v_rets, atol=1e-5)
-    centred = ours["advantages"] - ours["advantages"].mean()
-    assert torch.allclose(centred / centred.std(), advs, atol=1e-5)
+
+def _assert_same_nets(agent: PPOAgent, actor, critic, log_std) -> None:
     for mine, theirs in ((agent.actor, actor), (agent.critic, critic)):
         ref = [m for m in theirs if isinstance(m, torch.nn.Linear)]
         for layer, lin in zip(mine.layers, ref):
@@ -254,8 +273,25 @@ def test_one_update_equals_the_official_formulas():
     assert torch.allclose(agent.log_std[0], log_std, atol=1e-5)
 
 
+def test_one_update_equals_the_official_formulas():
+    agent, ours, (actor, critic, log_std), v_rets, advs = _one_update_both_ways("batch")
+    assert torch.allclose(ours["returns"], v_rets, atol=1e-5)
+    centred = ours["advantages"] - ours["advantages"].mean()
+    assert torch.allclose(centred / centred.std(), advs, atol=1e-5)
+    _assert_same_nets(agent, actor, critic, log_std)
+
+
+def test_minibatch_normalisation_update_equals_sb3s_formula():
+    """ppo.advantage_normalization: minibatch, against the reference with SB3's per-minibatch
+    (a - mean) / (std + 1e-8); everything else as the official update."""
+    agent, ours, (actor, critic, log_std), v_rets, advs = _one_update_both_ways("minibatch")
+    assert torch.allclose(ours["returns"], v_rets, atol=1e-5)
+    assert torch.allclose(ours["advantages"], advs, atol=1e-5)  # not normalised over the batch
+    _assert_same_nets(agent, actor, critic, log_std)
+
+
 def test_batch_normalisation_by_hand_and_minibatch_as_an_option():
-    from agents.ppo import normalize_batch_advantages
+    from rl_plasticity.agents.ppo import normalize_batch_advantages
 
     adv = torch.tensor([1.0, 2.0, 3.0, 6.0])  # mean 3, unbiased std sqrt(14/3)
     assert torch.allclose(normalize_batch_advantages(adv), (adv - 3) / math.sqrt(14 / 3))
@@ -274,16 +310,52 @@ def test_metrics_use_the_latest_rollout_through_the_nets_that_acted():
     for _ in range(2):
         _, _, metrics = a.train_update(measure=True)
         b.runner.collect(b.buffer, b.agent.policy_mean, b.agent.action_std())
-        expected = probe_metrics(b.agent.actor, torch.from_numpy(b.buffer.obs[-100:]))  # before b's update
-        for key, value in expected.items():
-            assert metrics[f"plasticity/actor/{key.removeprefix('actor/')}"] == pytest.approx(float(value[0]), abs=1e-6), key
+        probe = torch.from_numpy(b.buffer.obs[-100:])  # the latest rollout, as the policy saw it
+        expected_tags = {"plasticity/actor/weight_change", "plasticity/critic/weight_change"}
+        for net in ("actor", "critic"):
+            expected = probe_metrics(getattr(b.agent, net), probe)  # before b's update
+            assert any(k.endswith("dormant_fraction") for k in expected) and len(expected) >= 9, net
+            for key, value in expected.items():
+                tag = f"plasticity/{net}/{key.removeprefix(net + '/')}"
+                expected_tags.add(tag)
+                assert metrics[tag] == pytest.approx(float(value[0]), abs=1e-6), tag
+        assert set(metrics) == expected_tags
         b.agent.update(b.buffer)
-    # weight change: weights only, this update only
-    before = [layer.weight.detach().clone() for layer in a.agent.critic.layers]
+    # weight change: the sum of |change| of each layer's weights (not biases), in this update only
+    before = {net: [layer.weight.detach().clone() for layer in getattr(a.agent, net).layers]
+              for net in ("actor", "critic")}
+    biases = {net: [layer.bias.detach().clone() for layer in getattr(a.agent, net).layers]
+              for net in ("actor", "critic")}
     _, _, metrics = a.train_update(measure=False)
-    change = sum(float((layer.weight.detach() - w).abs().sum()) for layer, w in zip(a.agent.critic.layers, before))
-    assert metrics == {"plasticity/actor/weight_change": pytest.approx(metrics["plasticity/actor/weight_change"]),
-                       "plasticity/critic/weight_change": pytest.approx(change)}
+    expected = {}
+    for net in ("actor", "critic"):
+        layers = getattr(a.agent, net).layers
+        assert len(layers) == 3 and not all(torch.equal(l.bias, b) for l, b in zip(layers, biases[net]))
+        change = sum(float((layer.weight.detach() - w).abs().sum()) for layer, w in zip(layers, before[net]))
+        assert change > 0, net
+        expected[f"plasticity/{net}/weight_change"] = pytest.approx(change, rel=1e-6)
+    assert metrics == expected
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_evaluation_sends_actions_as_training_did(clip):
+    from rl_plasticity.problems.mujoco_eval import Policy
+
+    run = PPORun(paper_cfg(*TINY[:5], f"ppo.clip_actions={str(clip).lower()}", "ppo.log_std_init=1.0"), seed=0)
+    assert run.runner.clip_actions == clip
+    policy = Policy.of(run)
+    env, _ = make_env(run.cfg)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    rng = np.random.default_rng(0)
+    actions = np.stack([policy.act(obs, rng) for _ in range(200)])  # std e^1: most draws leave [-1, 1]
+    if clip:
+        assert np.abs(actions).max() <= 1.0
+    else:
+        assert np.abs(actions).max() > 1.0
 
 
 def test_fixed_probe_is_still_available():
@@ -295,7 +367,7 @@ def test_fixed_probe_is_still_available():
 
 
 def test_probe_larger_than_a_rollout_is_refused():
-    from rl_plasticity.problems.ppo import check
+    from rl_plasticity.problems.mujoco_ppo import check
 
     with pytest.raises(UserError, match="log.probe_size"):
         check(paper_cfg(*TINY[:4], "log.probe_size=129"))
@@ -401,7 +473,7 @@ def test_checkpoint_config_without_newer_keys_still_matches():
 
 
 def test_unknown_env_id_suggests_only_ids_that_can_be_made():
-    from rl_plasticity.problems.ppo import check
+    from rl_plasticity.problems.mujoco_ppo import check
 
     with pytest.raises(UserError) as e:
         check(paper_cfg("env.id=Ant-v9"))

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from rl_plasticity.config import read_yaml
+from rl_plasticity.problems import resolve_config
 from rl_plasticity.problems.regression import RegressionRun
-from rl_plasticity.problems.regression_data import RegressionStream
-from rl_plasticity.tblog import read_scalars
-from rl_plasticity.train import resolve_config
+from rl_plasticity.problems.regression_stream import RegressionStream
+from rl_plasticity.run.tblog import read_scalars
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "regression"
 SMALL = ["stream.change_every=500", "bin_size=500", "examples=1500", "log.metrics_every=500",
@@ -87,7 +87,7 @@ def test_train_cli_writes_run_dir_results_and_tensorboard(tmp_path):
     seed1 = read_scalars(out / "tb" / "seed_1")["charts/binned_error"]
     assert [v for _, v in seed1] == [float(torch.tensor(b[1], dtype=torch.float32)) for b in results["bins"]]
     mean = read_scalars(out / "tb" / "mean")
-    assert "plasticity/net/layer0/dormant_fraction" in mean and "plasticity/net/cbp/layer0/replacements" in mean
+    assert "plasticity/net/layer0/dormant_fraction" in mean and "plasticity/net/layer0/cbp_replacements" in mean
     # an existing run directory is never overwritten without --resume or --force
     again = cli("train", str(CONFIGS / "cbp.yaml"), "--out", str(out), *sets)
     assert again.returncode == 2 and "--force" in again.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rl_plasticity.cli import main as cli_main
-from rl_plasticity.tblog import read_scalars
+from rl_plasticity.run.tblog import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = Path(__file__).resolve().parent / "hooks"

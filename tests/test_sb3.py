@@ -7,13 +7,16 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from readme_examples import python_block
+from rl_plasticity.agents.ppo import PPOAgent, PPOSettings
 from stable_baselines3 import A2C, PPO, SAC
 from torch import nn
 
-import envs  # noqa: F401  (registers rl_plasticity/FrictionAnt-v0)
-from agents.ppo import PPOAgent, PPOSettings
-from readme_examples import python_block
-from rl_plasticity import CBPPolicy, CBPSACPolicy
+from rl_plasticity import (
+    CBPPolicy,
+    CBPSACPolicy,
+    envs,  # noqa: F401  (registers rl_plasticity/FrictionAnt-v0)
+)
 from rl_plasticity.core.builders import METHOD_DEFAULTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")

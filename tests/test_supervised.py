@@ -5,13 +5,13 @@ import json
 import os
 import pickle
 import signal
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from rl_plasticity.checkpoint import latest_checkpoint, list_checkpoints
 from rl_plasticity.cli import main
 from rl_plasticity.config import read_yaml
 from rl_plasticity.datasets.cifar100 import load_cifar100
@@ -19,10 +19,15 @@ from rl_plasticity.datasets.imagenet32 import load_imagenet32
 from rl_plasticity.datasets.mnist import load_mnist, read_idx
 from rl_plasticity.datasets.transforms import mnist_to_rgb32, random_crop_flip
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems import continual_imagenet, incremental_cifar, permuted_mnist
-from rl_plasticity.problems.supervised import train_loop
-from rl_plasticity.tblog import read_scalars
-from rl_plasticity.train import resolve_config
+from rl_plasticity.problems import (
+    continual_imagenet,
+    incremental_cifar,
+    permuted_mnist,
+    resolve_config,
+)
+from rl_plasticity.run.checkpoint import latest_checkpoint, list_checkpoints
+from rl_plasticity.run.loop import train_loop
+from rl_plasticity.run.tblog import SeedLogs, read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
@@ -237,11 +242,12 @@ class _StopAfter:
 
 def _resume_matches(tmp_path, make_state, stop_after, seeds=(0,)):
     straight, stopped = make_state(), make_state()
-    assert train_loop(straight, tmp_path / "a", list(seeds), False, "test", "unit")
-    assert not train_loop(_StopAfter(stopped, stop_after), tmp_path / "b", list(seeds), False, "test", "unit")
+    assert train_loop(straight, tmp_path / "a", False, partial(SeedLogs, tmp_path / "a", list(seeds)), "test", "unit")
+    assert not train_loop(_StopAfter(stopped, stop_after), tmp_path / "b", False,
+                          partial(SeedLogs, tmp_path / "b", list(seeds)), "test", "unit")
     assert list_checkpoints(tmp_path / "b")
     resumed = make_state()
-    assert train_loop(resumed, tmp_path / "b", list(seeds), True, "test", "unit")
+    assert train_loop(resumed, tmp_path / "b", True, partial(SeedLogs, tmp_path / "b", list(seeds)), "test", "unit")
     assert resumed.accuracies == straight.accuracies
     for p, q in zip(resumed.net.parameters(), straight.net.parameters()):
         assert torch.equal(p, q)

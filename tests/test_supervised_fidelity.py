@@ -6,13 +6,19 @@ import math
 
 import pytest
 import torch
+from test_supervised import (
+    _NoLogs,
+    _resume_matches,
+    cfg_of,
+    write_cifar100,
+    write_imagenet_npy,
+)
 from torch import nn
 
 from rl_plasticity.core.convnet import ConvNet
 from rl_plasticity.core.metrics import dormant_fraction_per_position, probe_metrics
 from rl_plasticity.core.resnet import ResNet18
 from rl_plasticity.problems import continual_imagenet, incremental_cifar
-from test_supervised import _NoLogs, _resume_matches, cfg_of, write_cifar100, write_imagenet_npy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from sweeps import CONFIGS, LEARNERS, TINY, cli, finished_local_sweep, sweep_argv
 
 from rl_plasticity.cli import main as cli_main
-from rl_plasticity.sweep import parse_seeds
-from rl_plasticity.tblog import read_scalars
-from sweeps import CONFIGS, LEARNERS, TINY, cli, finished_local_sweep, sweep_argv
+from rl_plasticity.run.tblog import read_scalars
+from rl_plasticity.sweep.command import parse_seeds
 
 HOOKS = Path(__file__).resolve().parent / "hooks"
 

@@ -7,10 +7,18 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from readme_examples import python_block
 from torch import nn
 
-from readme_examples import python_block
-from rl_plasticity import SGD, Adam, Plasticity, UnitSpec, UnitsNotFound, attach_cbp, find_unit_specs
+from rl_plasticity import (
+    SGD,
+    Adam,
+    Plasticity,
+    UnitsNotFound,
+    UnitSpec,
+    attach_cbp,
+    find_unit_specs,
+)
 from rl_plasticity.core.builders import METHOD_DEFAULTS, build_learner
 from rl_plasticity.core.convnet import ConvNet
 from rl_plasticity.core.networks import MLP

@@ -8,7 +8,7 @@ JSON object on the last line when --json is given.
 BENCHES = {
     "regression": "rl_plasticity.bench.regression",
     "envs": "rl_plasticity.bench.envs",
-    "ppo": "rl_plasticity.bench.ppo",
+    "ppo": "rl_plasticity.bench.ppo_speed",
     "supervised": "rl_plasticity.bench.supervised",
     "sb3": "rl_plasticity.bench.sb3",
 }

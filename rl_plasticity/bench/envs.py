@@ -60,7 +60,7 @@ def _wrapper_alone_us(env: Any, action: Any, repeats: int = 100_000) -> float:
 
     Immune to load from other processes, unlike the paired timings of whole steps.
     """
-    from envs import NonstationaryPhysics
+    from rl_plasticity.envs import NonstationaryPhysics
 
     wrapper = env
     while not isinstance(wrapper, NonstationaryPhysics):
@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import gymnasium as gym
     import numpy as np
 
-    import envs
-    from envs.physics import MassScaler, set_sliding_friction
+    from rl_plasticity import envs
+    from rl_plasticity.envs.physics import MassScaler, set_sliding_friction
 
     if min(args.steps, args.repeats, args.block) < 1:
         from rl_plasticity.errors import UserError

@@ -34,7 +34,7 @@ def run(args) -> dict:
     import torch
 
     from rl_plasticity.config import read_yaml
-    from rl_plasticity.train import resolve_config
+    from rl_plasticity.problems import resolve_config
 
     torch.set_num_threads(1)
     figures = {}

@@ -37,8 +37,8 @@ def _model(variant: str, seed: int, maturity: int):
     from stable_baselines3 import PPO
     from torch import nn
 
-    import envs  # noqa: F401  (registers rl_plasticity/FrictionAnt-v0)
-    from rl_plasticity.bench.ppo import lecun_uniform_
+    from rl_plasticity import envs  # noqa: F401  (registers rl_plasticity/FrictionAnt-v0)
+    from rl_plasticity.bench.ppo_speed import lecun_uniform_
     from rl_plasticity.integrations.optim import Adam
     from rl_plasticity.integrations.sb3 import CBPPolicy
 

@@ -37,7 +37,7 @@ class _NoLogs:
 
 def _cfg(problem: str, learner: str, overrides: list[str]) -> dict:
     from rl_plasticity.config import read_yaml
-    from rl_plasticity.train import resolve_config
+    from rl_plasticity.problems import resolve_config
 
     name = {"incremental_cifar": {"bp": "base"}}.get(problem, {}).get(learner, learner)
     return resolve_config(read_yaml(_configs() / problem / f"{name}.yaml"), overrides)[0]
@@ -57,7 +57,10 @@ def run(args) -> dict:
     import numpy as np
     import torch
 
-    from rl_plasticity.problems.continual_imagenet import ContinualImageNetRun, load_classes
+    from rl_plasticity.problems.continual_imagenet import (
+        ContinualImageNetRun,
+        load_classes,
+    )
     from rl_plasticity.problems.incremental_cifar import IncrementalCifarRun
     from rl_plasticity.problems.permuted_mnist import PermutedMNISTRun
 

@@ -15,6 +15,7 @@ taps it. Only passes run with autograd on are captured, so acting or evaluating 
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 

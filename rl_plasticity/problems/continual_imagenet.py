@@ -26,6 +26,7 @@ Fidelity to the official code (lop/imagenet/single_expr.py; docs/fidelity.md lis
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -40,13 +41,25 @@ from rl_plasticity.datasets.imagenet32 import EXPECTED, load_imagenet32
 from rl_plasticity.datasets.mnist import embedded_mnist
 from rl_plasticity.datasets.transforms import mnist_to_rgb32, normalize
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, check_finite, load_net_buffers,
-                                               minibatches, net_buffers, resolve_device, summarize_tasks,
-                                               train_loop)
-from rl_plasticity.rundir import atomic_write
-from rl_plasticity.seeding import generators
+from rl_plasticity.problems.headline import Headline
+from rl_plasticity.problems.supervised import (
+    DEVICE_RULE,
+    check_data_path,
+    load_net_buffers,
+    minibatches,
+    net_buffers,
+    resolve_device,
+    summarize_tasks,
+)
+from rl_plasticity.run.loop import check_finite, train_loop
+from rl_plasticity.run.rundir import atomic_write
+from rl_plasticity.run.seeding import generators
+from rl_plasticity.run.tblog import SeedLogs, method_stat_tag
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's channel statistics
+
+HEADLINE = Headline(metrics=["charts/test_accuracy"], x_label="task",
+                    charts=[("test accuracy per task", [r"^charts/test_accuracy$"])])
 
 DEFAULTS = {
     "problem": "continual_imagenet",
@@ -221,7 +234,7 @@ class ContinualImageNetRun:
         logs.per_seed("charts/train_accuracy", [train_accuracy], step)
         for name, values in probe_metrics(self.net, self.test_x, dormant=self.cfg["log"]["dormant"]).items():
             logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
-        logs.scalars({f"plasticity/net/{k}": v for k, v in self.learner.stats().items()}, step)
+        logs.scalars({method_stat_tag(k, "net"): v for k, v in self.learner.stats().items()}, step)
         if bar is not None:
             bar.set_postfix(task=step, acc=f"{acc:.3f}")
         self.epoch = 0
@@ -248,14 +261,13 @@ class ContinualImageNetRun:
 
 
 def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dict:
-    check(cfg)
     if cfg["device"] == "cpu":
         torch.set_num_threads(cfg["cpu_threads"])
     classes = load_classes(cfg)
     per_seed = []
     for seed in seeds:
         state = ContinualImageNetRun(cfg, seed, classes)
-        if not train_loop(state, run_dir, [seed], resume, f"continual ImageNet seed {seed}", "epoch",
+        if not train_loop(state, run_dir, resume, partial(SeedLogs, run_dir, [seed]), f"continual ImageNet seed {seed}", "epoch",
                           ckpt_dir=run_dir / f"seed_{seed}"):
             return {}
         per_seed.append(state.accuracies)

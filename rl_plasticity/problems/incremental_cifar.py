@@ -28,6 +28,7 @@ Fidelity to the official code (lop/incremental_cifar/; docs/fidelity.md lists ev
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,20 +37,36 @@ import torch.nn.functional as F
 from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.methods.head_reset import HeadReset
-from rl_plasticity.core.metrics import (dormant_fraction, dormant_fraction_per_position, probe_metrics,
-                                        stable_rank)
+from rl_plasticity.core.metrics import (
+    dormant_fraction,
+    dormant_fraction_per_position,
+    probe_metrics,
+    stable_rank,
+)
 from rl_plasticity.core.resnet import RESNET_GROUPS, ResNet18
 from rl_plasticity.core.units import ParamUnits, rows
 from rl_plasticity.datasets.cifar100 import EXPECTED, load_cifar100
 from rl_plasticity.datasets.transforms import random_crop_flip
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, check_finite, load_net_buffers,
-                                               minibatches, net_buffers, resolve_device, summarize_tasks,
-                                               train_loop)
-from rl_plasticity.rundir import atomic_write
-from rl_plasticity.seeding import generators
+from rl_plasticity.problems.headline import Headline
+from rl_plasticity.problems.supervised import (
+    DEVICE_RULE,
+    check_data_path,
+    load_net_buffers,
+    minibatches,
+    net_buffers,
+    resolve_device,
+    summarize_tasks,
+)
+from rl_plasticity.run.loop import check_finite, train_loop
+from rl_plasticity.run.rundir import atomic_write
+from rl_plasticity.run.seeding import generators
+from rl_plasticity.run.tblog import SeedLogs, method_stat_tag
 
 MEAN, STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # CIFAR-100's channel statistics
+
+HEADLINE = Headline(metrics=["charts/test_accuracy"], x_label="epochs",
+                    charts=[("test accuracy", [r"^charts/test_accuracy$"]), ("classes", [r"^charts/classes$"])])
 
 DEFAULTS = {
     "problem": "incremental_cifar",
@@ -228,7 +245,7 @@ class IncrementalCifarRun:
         for name, value in metrics.items():
             if name != "test_accuracy":
                 logs.per_seed(f"plasticity/net/{name}", [value], step)
-        logs.scalars({f"plasticity/net/{k}": v for k, v in self.learner.stats().items()}, step)
+        logs.scalars({method_stat_tag(k, "net"): v for k, v in self.learner.stats().items()}, step)
         if bar is not None:
             bar.set_postfix(classes=self.seen, acc=f"{metrics['test_accuracy']:.3f}")
         if self.done():
@@ -279,14 +296,13 @@ def _relative(summary: dict, reference: str) -> list[float]:
 
 
 def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dict:
-    check(cfg)
     if cfg["device"] == "cpu":
         torch.set_num_threads(cfg["cpu_threads"])
     data = load_cifar100(cfg["data"]["path"])
     histories, per_seed = [], []
     for seed in seeds:
         state = IncrementalCifarRun(cfg, seed, data)
-        if not train_loop(state, run_dir, [seed], resume, f"incremental CIFAR-100 seed {seed}", "epoch",
+        if not train_loop(state, run_dir, resume, partial(SeedLogs, run_dir, [seed]), f"incremental CIFAR-100 seed {seed}", "epoch",
                           ckpt_dir=run_dir / f"seed_{seed}"):
             return {}
         per_seed.append(state.accuracies)

@@ -9,6 +9,7 @@ method randomness come from generators derived from s alone.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,11 +21,21 @@ from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, MLP
 from rl_plasticity.datasets.mnist import EXPECTED, mnist
-from rl_plasticity.errors import UserError
-from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, check_finite, format_mean_se,
-                                               resolve_device, summarize_tasks, train_loop)
-from rl_plasticity.rundir import atomic_write_json
-from rl_plasticity.seeding import generators
+from rl_plasticity.problems.headline import Headline
+from rl_plasticity.problems.supervised import (
+    DEVICE_RULE,
+    check_data_path,
+    resolve_device,
+    summarize_tasks,
+)
+from rl_plasticity.run.loop import check_finite, train_loop
+from rl_plasticity.run.rundir import atomic_write_json
+from rl_plasticity.run.seeding import generators
+from rl_plasticity.run.stats import format_mean_se
+from rl_plasticity.run.tblog import SeedLogs, method_stat_tag
+
+HEADLINE = Headline(metrics=["charts/task_accuracy"], x_label="examples",
+                    charts=[("accuracy per task", [r"^charts/task_accuracy$"])])
 
 DEFAULTS = {
     "problem": "permuted_mnist",
@@ -131,7 +142,7 @@ class PermutedMNISTRun:
         probe, _ = self._inputs(0, min(self.cfg["log"]["probe_size"], self.per_task))
         for name, values in probe_metrics(self.net, probe).items():
             logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
-        logs.scalars({f"plasticity/net/{k}": v for k, v in self.learner.stats().items()}, step)
+        logs.scalars({method_stat_tag(k, "net"): v for k, v in self.learner.stats().items()}, step)
         if bar is not None:
             bar.set_postfix(task=len(self.accuracies), acc=f"{sum(acc) / len(acc):.3f}")
         self.correct.zero_()
@@ -160,11 +171,10 @@ class PermutedMNISTRun:
 
 
 def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dict:
-    check(cfg)
     if cfg["device"] == "cpu":
         torch.set_num_threads(1)  # batch-1 steps: threads only add overhead
     state = PermutedMNISTRun(cfg, seeds)
-    if not train_loop(state, run_dir, seeds, resume, f"permuted MNIST x{len(seeds)} seeds", "ex"):
+    if not train_loop(state, run_dir, resume, partial(SeedLogs, run_dir, seeds), f"permuted MNIST x{len(seeds)} seeds", "ex"):
         return {}
     summary = summarize_tasks(state.accuracies)
     atomic_write_json(run_dir / "results.json", summary)

@@ -6,22 +6,27 @@ seed run beside 29 others gives the same numbers as that seed run by itself.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from rl_plasticity.checkpoint import restore_latest, save_checkpoint_in
 from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import WeightChange, probe_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, MLP
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems.regression_data import RegressionStream
-from rl_plasticity.problems.supervised import SeedLogs, check_finite, format_mean_se, mean_se
-from rl_plasticity.progress import GracefulStop, progress_bar
-from rl_plasticity.rundir import atomic_write_json
-from rl_plasticity.seeding import generators
+from rl_plasticity.problems.headline import Headline
+from rl_plasticity.problems.regression_stream import RegressionStream
+from rl_plasticity.run.loop import check_finite, train_loop
+from rl_plasticity.run.rundir import atomic_write_json
+from rl_plasticity.run.seeding import generators
+from rl_plasticity.run.stats import format_mean_se, mean_se
+from rl_plasticity.run.tblog import SeedLogs, method_stat_tag
+
+HEADLINE = Headline(metrics=["charts/binned_error"], x_label="examples",
+                    charts=[("binned squared error", [r"^charts/binned_error$"])])
 
 DEFAULTS = {
     "problem": "regression",
@@ -67,7 +72,7 @@ def check(cfg: dict) -> None:
 
 
 class RegressionRun:
-    """All state of a batched run; `train_chunk` advances every seed by one phase of the stream."""
+    """All state of a batched run; `advance` trains every seed on one phase of the stream."""
 
     def __init__(self, cfg: dict, seeds: list[int]):
         self.cfg, self.seeds = cfg, seeds
@@ -84,6 +89,37 @@ class RegressionRun:
         self.examples = 0
         self.error_sum = torch.zeros(len(seeds), dtype=torch.float64)
         self.bins: list[list[float]] = []  # per bin, the mean squared error of each seed
+        self.weight_change: WeightChange | None = None
+
+    # --- the run loop's protocol (rl_plasticity/run/loop.py)
+    @property
+    def step(self) -> int:
+        return self.examples
+
+    @property
+    def total(self) -> int:
+        return self.cfg["examples"]
+
+    def done(self) -> bool:
+        return self.examples >= self.total
+
+    def should_checkpoint(self) -> bool:
+        return self.examples % self.cfg["log"]["checkpoint_every"] == 0
+
+    def advance(self, logs: SeedLogs, bar=None) -> None:
+        """One phase of the stream; a bin's errors and the plasticity metrics when they are due."""
+        if self.weight_change is None:  # measured from where this process started (or resumed)
+            self.weight_change = WeightChange(self.net.parameters())
+
+        def log_bin(errors: list[float]) -> None:
+            logs.per_seed("charts/binned_error", errors, self.examples)
+            if bar is not None:
+                bar.set_postfix(error=f"{sum(errors) / len(errors):.3f}")
+
+        X = self.train_chunk(on_bin=log_bin)
+        L = self.cfg["log"]
+        if self.examples % L["metrics_every"] == 0:
+            _log_metrics(self, X[:, :L["probe_size"]], self.weight_change, logs)
 
     def train_chunk(self, on_bin=None) -> torch.Tensor:
         """Train on the next `change_every` examples, one example per step. Returns the chunk's inputs."""
@@ -127,36 +163,10 @@ def summarize(bins: list[list[float]], bin_size: int, window: int = 200_000) -> 
 
 
 def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dict:
-    check(cfg)
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead
     state = RegressionRun(cfg, seeds)
-    if resume:
-        restore_latest(run_dir, state.load_state_dict)
-    logs = SeedLogs(run_dir, seeds, purge_step=state.examples + 1 if resume else None)
-    weight_change = WeightChange(state.net.parameters())
-    L = cfg["log"]
-    total = cfg["examples"]
-    bar = progress_bar(total=total * len(seeds), desc=f"regression x{len(seeds)} seeds", unit="ex")
-    bar.update(state.examples * len(seeds))
-
-    def log_bin(errors: list[float]) -> None:
-        logs.per_seed("charts/binned_error", errors, state.examples)
-        bar.set_postfix(error=f"{sum(errors) / len(errors):.3f}")
-
-    with GracefulStop() as stop:
-        try:
-            while state.examples < total and not stop.requested:
-                X = state.train_chunk(on_bin=log_bin)
-                bar.update(X.shape[1] * len(seeds))
-                if state.examples % L["metrics_every"] == 0:
-                    _log_metrics(state, X[:, :L["probe_size"]], weight_change, logs)
-                if state.examples % L["checkpoint_every"] == 0 or state.examples == total or stop.requested:
-                    save_checkpoint_in(run_dir, state.examples, state.state_dict())
-        finally:
-            bar.close()
-            logs.close()
-    if stop.requested and state.examples < total:
-        print(f"stopped at {state.examples} examples; continue with --resume {run_dir}")
+    if not train_loop(state, run_dir, resume, partial(SeedLogs, run_dir, seeds),
+                      f"regression x{len(seeds)} seeds", "example"):
         return {}
     summary = summarize(state.bins, cfg["bin_size"])
     summary["bins"] = state.bins
@@ -171,4 +181,4 @@ def _log_metrics(state: RegressionRun, probe: torch.Tensor, weight_change: Weigh
     for name, values in probe_metrics(state.net, probe).items():
         logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
     logs.per_seed("plasticity/net/weight_change", weight_change().tolist(), step)
-    logs.scalars({f"plasticity/net/{name}": value for name, value in state.learner.stats().items()}, step)
+    logs.scalars({method_stat_tag(k, "net"): v for k, v in state.learner.stats().items()}, step)

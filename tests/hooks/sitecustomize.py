@@ -23,9 +23,9 @@ if _KILL_AT or _PAUSE_IN:
 
     import torch
 
-    import rl_plasticity.checkpoint as _checkpoint
-    import rl_plasticity.progress as _progress
-    from rl_plasticity.rundir import atomic_open
+    import rl_plasticity.run.checkpoint as _checkpoint
+    import rl_plasticity.run.progress as _progress
+    from rl_plasticity.run.rundir import atomic_open
 
     _save = _checkpoint.save_checkpoint
     _handle = _progress.GracefulStop._handle

@@ -1,8 +1,31 @@
-"""Plasticity methods: each acts on a network's unit groups through the hooks of PlasticityMethod."""
+"""Plasticity methods: each acts on a network's unit groups through the hooks of PlasticityMethod.
+
+Each method owns its config section in its own module, once: the section's name (`name`), its
+defaults (`defaults`, with `enabled: False`), its validation rules (`rules`) and `from_config`, which
+builds the method from the resolved section. `METHODS` registers them; rl_plasticity.core.builders
+derives every problem's method sections (METHOD_DEFAULTS, METHOD_RULES) from it, and `build_learner`
+builds each enabled method, in the registry's order, which is the order the learner applies them in.
+
+Adding a method takes one new file and one registry line:
+1. rl_plasticity/core/methods/<name>.py: a PlasticityMethod subclass with `name`, `label`, `defaults`
+   ({"enabled": False, ...}), `rules` ({key: Range/OneOf from rl_plasticity.config}) and the
+   `from_config` classmethod; its constructor reads its keyword defaults from `defaults` and calls
+   `self.check(locals())` first (see cbp.py, redo.py, snp.py);
+2. one line in the tuple below (its place there is its place in the order methods are applied).
+Then every problem's config has the new `<name>:` section, disabled, and `<name>.enabled=true` turns
+it on (example configs are optional).
+"""
 
 from rl_plasticity.core.methods.base import PlasticityMethod
 from rl_plasticity.core.methods.cbp import ContinualBackprop
 from rl_plasticity.core.methods.redo import ReDo
 from rl_plasticity.core.methods.snp import ShrinkPerturb
 
-__all__ = ["PlasticityMethod", "ContinualBackprop", "ReDo", "ShrinkPerturb"]
+# Section name -> method class, in the order the learner applies the methods.
+METHODS: dict[str, type[PlasticityMethod]] = {method.name: method for method in (
+    ContinualBackprop,
+    ReDo,
+    ShrinkPerturb,
+)}
+
+__all__ = ["METHODS", "PlasticityMethod", "ContinualBackprop", "ReDo", "ShrinkPerturb"]

@@ -3,15 +3,53 @@
 The learner calls them in this order: `after_loss` (may add a penalty to the loss), the optimizer
 step, `after_step` (the latest activations are in each group's tap), and, when the problem says so,
 `after_epoch` (end of a rollout's update or a supervised epoch) and `on_task_switch`.
+
+A method also owns its config section, once: `name` (the section's key in a problem's config and the
+method's key in statistics and checkpoints), `defaults` (the section, `enabled: False` first; the
+constructor's keyword defaults read theirs from it), `rules` (Rules from rl_plasticity.config, keyed
+by the section's keys; the config validation and the constructor's checks both use them) and
+`from_config`, which builds the method from its resolved section.
 """
 
 from __future__ import annotations
 
+import numbers
+from typing import Any
+
 import torch
+
+from rl_plasticity.config import Rule
 
 
 class PlasticityMethod:
     name = "method"
+    label = "method"  # how the constructor's error messages name the method
+    defaults: dict[str, Any] = {"enabled": False}
+    rules: dict[str, Rule] = {}
+
+    @classmethod
+    def options(cls, section: dict) -> dict:
+        """The constructor's keyword arguments from a resolved config section (all but `enabled`)."""
+        return {k: v for k, v in section.items() if k != "enabled"}
+
+    @classmethod
+    def from_config(cls, section: dict, groups: list, params: list, optimizer, generators: list):
+        """The method built from its resolved, enabled section; None when it has nothing to act on."""
+        raise NotImplementedError
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> None:
+        """Raise ValueError naming the first option that breaks its rule in `rules`.
+
+        Constructors pass `locals()` first thing, so every rule checks its argument of the same name.
+        """
+        for key, rule in cls.rules.items():
+            value = options[key]
+            if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+                value = float(value)  # numpy and other real scalars are checked by value
+            problem = rule.problem(value)
+            if problem:
+                raise ValueError(f"{cls.label} {key} {problem}, got {value!r}")
 
     def after_loss(self, learner, loss: torch.Tensor) -> torch.Tensor:
         return loss

@@ -32,28 +32,37 @@ import math
 
 import torch
 
+from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.methods.base import PlasticityMethod
 from rl_plasticity.core.units import UnitGroup
 
 UTILITIES = ("contribution", "adaptable_contribution", "random")
 REPLACEMENT_COUNTS = ("accumulate", "bernoulli")
 
+# The `cbp` config section: its defaults and rules, declared here only.
+DEFAULTS = {"enabled": False, "replacement_rate": 1e-4, "maturity_threshold": 100, "decay_rate": 0.99,
+            "utility": "contribution", "transfer_mean_to_bias": True, "reset_optimizer_state": True,
+            "replacement_count": "accumulate"}
+RULES = {
+    "replacement_rate": Range(low=0, high=1),
+    "maturity_threshold": Range(low=0),
+    "decay_rate": Range(low=0, high=1, high_open=True),
+    "utility": OneOf(*UTILITIES),
+    "replacement_count": OneOf(*REPLACEMENT_COUNTS),
+}
+
 
 class ContinualBackprop(PlasticityMethod):
-    name = "cbp"
+    name, label, defaults, rules = "cbp", "CBP", DEFAULTS, RULES
 
     def __init__(self, groups: list[UnitGroup], optimizer, generators: list[torch.Generator | None],
-                 replacement_rate: float = 1e-4, maturity_threshold: int = 100, decay_rate: float = 0.99,
-                 utility: str = "contribution", transfer_mean_to_bias: bool = True,
-                 reset_optimizer_state: bool = True, replacement_count: str = "accumulate"):
-        if utility not in UTILITIES:
-            raise ValueError(f"unknown CBP utility {utility!r}; expected one of {UTILITIES}")
-        if replacement_count not in REPLACEMENT_COUNTS:
-            raise ValueError(f"unknown CBP replacement_count {replacement_count!r}; expected one of {REPLACEMENT_COUNTS}")
-        if not 0 <= replacement_rate <= 1:
-            raise ValueError(f"CBP replacement_rate must be in [0, 1], got {replacement_rate}")
-        if not 0 <= decay_rate < 1:
-            raise ValueError(f"CBP decay_rate must be in [0, 1), got {decay_rate}")
+                 replacement_rate: float = DEFAULTS["replacement_rate"],
+                 maturity_threshold: int = DEFAULTS["maturity_threshold"],
+                 decay_rate: float = DEFAULTS["decay_rate"], utility: str = DEFAULTS["utility"],
+                 transfer_mean_to_bias: bool = DEFAULTS["transfer_mean_to_bias"],
+                 reset_optimizer_state: bool = DEFAULTS["reset_optimizer_state"],
+                 replacement_count: str = DEFAULTS["replacement_count"]):
+        self.check(locals())
         self.groups, self.optimizer, self.generators = groups, optimizer, generators
         self.replacement_rate, self.maturity_threshold = replacement_rate, maturity_threshold
         self.decay_rate, self.utility_type, self.transfer_mean_to_bias = decay_rate, utility, transfer_mean_to_bias
@@ -65,6 +74,15 @@ class ContinualBackprop(PlasticityMethod):
         self.mean_activation = [torch.zeros(g.replicas, g.num_units, device=d) for g, d in zip(groups, dev)]
         self.accumulator = [torch.zeros(g.replicas, dtype=torch.float64, device=d) for g, d in zip(groups, dev)]
         self.replacements = [torch.zeros(g.replicas, dtype=torch.long, device=d) for g, d in zip(groups, dev)]
+        # Only the adaptable utility and the bias transfer read the mean activation: skip its average otherwise.
+        self._tracks_mean = transfer_mean_to_bias or utility == "adaptable_contribution"
+        # An upper bound on every unit's age, kept on the host: until it passes maturity no unit is
+        # eligible, and the check needs no device sync (ages only grow, or drop to 0 on replacement).
+        self._oldest = [0] * len(groups)
+
+    @classmethod
+    def from_config(cls, section, groups, params, optimizer, generators):
+        return cls(groups, optimizer, generators, **cls.options(section)) if groups else None
 
     def _bias_correction(self, age: torch.Tensor) -> torch.Tensor:
         return -torch.expm1(age * self.log_decay)  # 1 - d^age, accurate for small ages
@@ -77,9 +95,11 @@ class ContinualBackprop(PlasticityMethod):
     def _update_group(self, i: int, group: UnitGroup) -> None:
         d, age = self.decay_rate, self.age[i]
         age += 1
+        self._oldest[i] += 1
         act = group.activation.flatten(3) if group.activation.dim() > 3 else group.activation.unsqueeze(3)
         # act: [R, B, U, positions]; batch and spatial positions are averaged alike.
-        self.mean_activation[i].mul_(d).add_(act.mean((1, 3)), alpha=1 - d)
+        if self._tracks_mean:
+            self.mean_activation[i].mul_(d).add_(act.mean((1, 3)), alpha=1 - d)
         if self.utility_type == "contribution":
             instant = group.mean_abs_outgoing() * act.abs().mean((1, 3))
             self.utility[i].mul_(d).add_(instant, alpha=1 - d)
@@ -89,6 +109,8 @@ class ContinualBackprop(PlasticityMethod):
             instant = group.mean_abs_outgoing() * spread / group.mean_abs_incoming()
             self.utility[i].mul_(d).add_(instant, alpha=1 - d)
 
+        if self._oldest[i] <= self.maturity_threshold:
+            return
         eligible = age > self.maturity_threshold
         n_eligible = eligible.sum(1)
         if not bool(n_eligible.any()):
@@ -155,3 +177,4 @@ class ContinualBackprop(PlasticityMethod):
         for k, tensors in sd.items():
             for dst, src in zip(getattr(self, k), tensors):
                 dst.copy_(src)
+        self._oldest = [int(a.max()) if a.numel() else 0 for a in self.age]

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from rl_plasticity.config import Range
 from rl_plasticity.core.methods.base import PlasticityMethod
 from rl_plasticity.core.units import UnitGroup
+
+# The `redo` config section: its defaults and rules, declared here only.
+DEFAULTS = {"enabled": False, "threshold": 0.1, "every": 100, "reset_optimizer_state": True}
+RULES = {"threshold": Range(low=0), "every": Range(low=1)}
 
 
 def redo_scores(activation: torch.Tensor) -> torch.Tensor:
@@ -22,18 +27,19 @@ def redo_scores(activation: torch.Tensor) -> torch.Tensor:
 
 
 class ReDo(PlasticityMethod):
-    name = "redo"
+    name, label, defaults, rules = "redo", "ReDo", DEFAULTS, RULES
 
-    def __init__(self, groups: list[UnitGroup], optimizer, generators, threshold: float = 0.1, every: int = 100,
-                 reset_optimizer_state: bool = True):
-        if threshold < 0:
-            raise ValueError(f"ReDo threshold must be >= 0, got {threshold}")
-        if every < 1:
-            raise ValueError(f"ReDo 'every' must be >= 1, got {every}")
+    def __init__(self, groups: list[UnitGroup], optimizer, generators, threshold: float = DEFAULTS["threshold"],
+                 every: int = DEFAULTS["every"], reset_optimizer_state: bool = DEFAULTS["reset_optimizer_state"]):
+        self.check(locals())
         self.groups, self.optimizer, self.generators = groups, optimizer, generators
         self.threshold, self.every, self.reset_optimizer_state = threshold, every, reset_optimizer_state
         self.steps = 0
         self.resets = [torch.zeros(g.replicas, dtype=torch.long, device=g.incoming.weight.device) for g in groups]
+
+    @classmethod
+    def from_config(cls, section, groups, params, optimizer, generators):
+        return cls(groups, optimizer, generators, **cls.options(section)) if groups else None
 
     @torch.no_grad()
     def after_step(self, learner=None) -> None:

@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import torch
 
+from rl_plasticity.config import Range
 from rl_plasticity.core.methods.base import PlasticityMethod
 
 MAX_CHUNK_STEPS = 256
 BUFFER_NUMBERS = 2**20  # per replica
 
+# The `snp` config section: its defaults and rules, declared here only.
+DEFAULTS = {"enabled": False, "shrink": 0.0, "noise_std": 0.0}
+RULES = {"shrink": Range(low=0, high=1, high_open=True), "noise_std": Range(low=0)}
+
 
 class ShrinkPerturb(PlasticityMethod):
-    name = "snp"
+    name, label, defaults, rules = "snp", "SNP", DEFAULTS, RULES
 
-    def __init__(self, params: list[torch.nn.Parameter], generators, shrink: float = 0.0, noise_std: float = 0.0):
-        if not 0 <= shrink < 1:
-            raise ValueError(f"shrink must be in [0, 1), got {shrink}")
-        if noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    def __init__(self, params: list[torch.nn.Parameter], generators, shrink: float = DEFAULTS["shrink"],
+                 noise_std: float = DEFAULTS["noise_std"]):
+        self.check(locals())
         self.params, self.generators = list(params), generators
         self.shrink, self.noise_std = shrink, noise_std
         # Every param has the replica axis first; a replica's slice of all params is one flat vector.
@@ -32,6 +35,10 @@ class ShrinkPerturb(PlasticityMethod):
         self.chunk_steps = max(1, min(MAX_CHUNK_STEPS, BUFFER_NUMBERS // sum(self.sizes)))
         self.buffer: torch.Tensor | None = None  # [R, chunk_steps, sum(sizes)]
         self.position = self.chunk_steps
+
+    @classmethod
+    def from_config(cls, section, groups, params, optimizer, generators):
+        return cls(params, generators, **cls.options(section))
 
     def _next_noise(self) -> list[torch.Tensor]:
         if self.position == self.chunk_steps:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 
 import gymnasium as gym
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
 from rl_plasticity.errors import UserError
-from rl_plasticity.video import TRACKING_CAMERA, check_frame_size, use_headless_gl
+from rl_plasticity.run.video import TRACKING_CAMERA, check_frame_size, use_headless_gl
 
 use_headless_gl()  # before anything imports mujoco
 
@@ -57,9 +58,60 @@ def physics(kind: str, value: float) -> Physics:
     return Physics(kind, float(value))
 
 
+def can_make(env_id: str) -> bool:
+    """Whether gymnasium can build `env_id` here (old ids registered for mujoco-py cannot)."""
+    import gymnasium as gym
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gym.make(env_id, disable_env_checker=True).close()
+    except Exception:  # noqa: BLE001 - any failure means "do not suggest it"
+        return False
+    return True
+
+
+def make_env(cfg: dict):
+    """(env, episode step limit) for a resolved PPO config. The env has no time-limit or order
+    wrappers: the runner counts episode steps itself, so that they are part of its saved state."""
+    import gymnasium as gym
+    from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
+
+    from rl_plasticity import envs
+
+    env_cfg = cfg["env"]
+    kwargs = dict(env_cfg["kwargs"])
+    if env_cfg["id"] in envs.REGISTERED_IDS:
+        for key, arg in (("change_every", "change_every"), ("value_range", "value_range"),
+                         ("change_spacing", "spacing")):
+            if env_cfg[key] is not None:
+                kwargs[arg] = tuple(env_cfg[key]) if key == "value_range" else env_cfg[key]
+    try:
+        with warnings.catch_warnings():  # gymnasium's "out of date" notice is not our one-line error
+            warnings.simplefilter("ignore", DeprecationWarning)
+            env = gym.make(env_cfg["id"], disable_env_checker=True, **kwargs)
+    except TypeError as e:
+        raise UserError(f"config key 'env.kwargs' does not suit {env_cfg['id']!r}: {e}") from None
+    except (gym.error.Error, ImportError) as e:  # e.g. an id registered for the long-gone mujoco-py
+        raise UserError(f"config key 'env.id': gymnasium cannot make {env_cfg['id']!r} here: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    limit = env_cfg["max_episode_steps"] or (env.spec.max_episode_steps if env.spec else None) or 1_000_000_000
+    while isinstance(env, (TimeLimit, OrderEnforcing, PassiveEnvChecker)):
+        env = env.env
+    try:
+        if env_cfg["survive_reward_on_termination"]:
+            env = envs.SurviveRewardOnTermination(env)
+        if env_cfg["pad_observation_to"] is not None:
+            env = envs.ZeroPadObservation(env, env_cfg["pad_observation_to"])
+    except (TypeError, ValueError) as e:
+        env.close()
+        raise UserError(f"config key 'env' does not suit {env_cfg['id']!r}: {e}") from None
+    return env, limit
+
+
 def schedule_kind(env_id: str) -> str | None:
     """The kind a registered non-stationary env schedules, None for a stationary env."""
-    import envs
+    from rl_plasticity import envs
 
     return {envs.FRICTION_ANT_ID: "friction", envs.MASS_ANT_ID: "mass_scale"}.get(env_id)
 
@@ -71,8 +123,11 @@ def make_eval_env(cfg: dict, target: Physics | None, render_size: int | None = N
     as the training runner does. With `render_size`, `env.render()` returns square RGB frames from
     the tracking camera.
     """
-    from envs.physics import MassScaler, find_mujoco_model, set_sliding_friction
-    from rl_plasticity.problems.ppo import make_env
+    from rl_plasticity.envs.physics import (
+        MassScaler,
+        find_mujoco_model,
+        set_sliding_friction,
+    )
 
     cfg = copy.deepcopy(cfg)
     kwargs = dict(cfg["env"]["kwargs"])
@@ -102,10 +157,9 @@ def phase_physics(cfg: dict, seed: int, phase: int) -> Physics:
     seed, so starting a fresh env the same way and moving its schedule to the phase's first step
     gives the same value.
     """
-    from agents.env_runner import find_schedule
-    from envs import DEFAULT_CHANGE_EVERY
-    from rl_plasticity.problems.ppo import make_env
-    from rl_plasticity.seeding import derive_seed
+    from rl_plasticity.agents.env_runner import find_schedule
+    from rl_plasticity.envs import DEFAULT_CHANGE_EVERY
+    from rl_plasticity.run.seeding import derive_seed
 
     kind = schedule_kind(cfg["env"]["id"])
     if kind is None:

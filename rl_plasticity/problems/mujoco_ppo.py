@@ -10,26 +10,41 @@ numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-import warnings
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from agents.ppo import ADVANTAGE_NORMALIZATIONS
-from rl_plasticity.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint_in
+from rl_plasticity.agents.env_runner import EnvRunner
+from rl_plasticity.agents.ppo import (
+    ADVANTAGE_NORMALIZATIONS,
+    NonFiniteLoss,
+    PPOAgent,
+    PPOSettings,
+)
+from rl_plasticity.agents.rollout import RolloutBuffer
 from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES
 from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.errors import UserError
-from rl_plasticity.progress import GracefulStop, progress_bar
-from rl_plasticity.rundir import atomic_write
-from rl_plasticity.seeding import derive_seed, generators
-from rl_plasticity.tblog import TBLogger
+from rl_plasticity.problems.headline import Headline
+from rl_plasticity.problems.mujoco_env import can_make, make_env
+from rl_plasticity.problems.mujoco_eval import PhaseEndEvaluation
+from rl_plasticity.run.loop import train_loop
+from rl_plasticity.run.rundir import atomic_write
+from rl_plasticity.run.seeding import derive_seed, generators
+from rl_plasticity.run.tblog import TBLogger, method_stat_tag
+
+PHYSICS_CHARTS = {"friction": "charts/friction", "mass_scale": "charts/mass"}
+
+HEADLINE = Headline(metrics=["charts/episodic_return"], x_label="environment steps",
+                    charts=[("episodic return", [r"^charts/episodic_return$"]),
+                            ("friction / mass", [r"^charts/(friction|mass)$"])])
 
 DEFAULTS = {
     "problem": "ppo",
@@ -47,16 +62,11 @@ DEFAULTS = {
         "survive_reward_on_termination": False,
     },
     "ppo": {
+        # epochs, minibatch_size, gamma, gae_lambda, clip, vf_coef, ent_coef, advantage_normalization
+        # ("batch": over the whole rollout, the paper's; "minibatch": SB3's; "none") and
+        # truncation_as_termination (True: the paper's behaviour, no bootstrap at time limits)
+        **dataclasses.asdict(PPOSettings()),
         "rollout_steps": 2048,
-        "epochs": 10,
-        "minibatch_size": 128,
-        "gamma": 0.99,
-        "gae_lambda": 0.95,
-        "clip": 0.2,
-        "vf_coef": 1.0,
-        "ent_coef": 0.0,
-        "advantage_normalization": "batch",  # over the whole rollout (the paper's); "minibatch" (SB3's); "none"
-        "truncation_as_termination": False,  # True: the paper's behaviour (no bootstrap at time limits)
         "clip_actions": False,  # False: the sampled action goes to the env, which clamps the control (the paper's)
         "log_std_init": 0.0,
         "normalize_obs": False,
@@ -114,13 +124,16 @@ def check(cfg: dict) -> None:
     """Constraints that involve several keys or the installed envs."""
     import gymnasium as gym
 
-    import envs
+    from rl_plasticity import envs
 
     env = cfg["env"]
-    if env["id"] not in gym.registry:
-        known = [k for k in sorted(gym.registry) if "Ant" in k and _can_make(k)]
-        raise UserError(f"config key 'env.id': unknown gymnasium env {env['id']!r} (e.g. {', '.join(known)})")
     ours = env["id"] in envs.REGISTERED_IDS
+    # Checked before any run directory exists: ids that gymnasium lists but cannot build here (Ant-v2
+    # needs the long-gone mujoco-py) are refused like unknown ones, suggesting only ids that work.
+    if env["id"] not in gym.registry or not (ours or can_make(env["id"])):
+        what = "unknown gymnasium env" if env["id"] not in gym.registry else "gymnasium cannot make"
+        known = [k for k in sorted(gym.registry) if "Ant" in k and can_make(k)]
+        raise UserError(f"config key 'env.id': {what} {env['id']!r} here (e.g. {', '.join(known)})")
     for key in ("change_every", "value_range", "change_spacing"):
         if env[key] is not None and not ours:
             raise UserError(f"config key 'env.{key}' applies only to the non-stationary envs "
@@ -137,72 +150,17 @@ def check(cfg: dict) -> None:
         raise UserError(f"config key 'ppo.rollout_steps' ({p['rollout_steps']}) must be a multiple of "
                         f"'ppo.minibatch_size' ({p['minibatch_size']})")
     if cfg["eval"]["video"]:
-        from rl_plasticity.video import check_frame_size
+        from rl_plasticity.run.video import check_frame_size
 
         check_frame_size(cfg["eval"]["video_size"])
     if cfg["optimizer"]["name"] != "adam":
         raise UserError("config key 'optimizer.name' must be 'adam' for PPO (the paper's learners all use Adam)")
 
 
-def _can_make(env_id: str) -> bool:
-    """Whether gymnasium can build `env_id` here (old ids registered for mujoco-py cannot)."""
-    import gymnasium as gym
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gym.make(env_id, disable_env_checker=True).close()
-    except Exception:  # noqa: BLE001 - any failure means "do not suggest it"
-        return False
-    return True
-
-
-def make_env(cfg: dict):
-    """(env, episode step limit) for a resolved PPO config. The env has no time-limit or order
-    wrappers: the runner counts episode steps itself, so that they are part of its saved state."""
-    import gymnasium as gym
-    from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
-
-    import envs
-
-    env_cfg = cfg["env"]
-    kwargs = dict(env_cfg["kwargs"])
-    if env_cfg["id"] in envs.REGISTERED_IDS:
-        for key, arg in (("change_every", "change_every"), ("value_range", "value_range"),
-                         ("change_spacing", "spacing")):
-            if env_cfg[key] is not None:
-                kwargs[arg] = tuple(env_cfg[key]) if key == "value_range" else env_cfg[key]
-    try:
-        with warnings.catch_warnings():  # gymnasium's "out of date" notice is not our one-line error
-            warnings.simplefilter("ignore", DeprecationWarning)
-            env = gym.make(env_cfg["id"], disable_env_checker=True, **kwargs)
-    except TypeError as e:
-        raise UserError(f"config key 'env.kwargs' does not suit {env_cfg['id']!r}: {e}") from None
-    except (gym.error.Error, ImportError) as e:  # e.g. an id registered for the long-gone mujoco-py
-        raise UserError(f"config key 'env.id': gymnasium cannot make {env_cfg['id']!r} here: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    limit = env_cfg["max_episode_steps"] or (env.spec.max_episode_steps if env.spec else None) or 1_000_000_000
-    while isinstance(env, (TimeLimit, OrderEnforcing, PassiveEnvChecker)):
-        env = env.env
-    try:
-        if env_cfg["survive_reward_on_termination"]:
-            env = envs.SurviveRewardOnTermination(env)
-        if env_cfg["pad_observation_to"] is not None:
-            env = envs.ZeroPadObservation(env, env_cfg["pad_observation_to"])
-    except (TypeError, ValueError) as e:
-        env.close()
-        raise UserError(f"config key 'env' does not suit {env_cfg['id']!r}: {e}") from None
-    return env, limit
-
-
 class PPORun:
     """Everything one seed's run holds; `train_update` collects one rollout and learns from it."""
 
     def __init__(self, cfg: dict, seed: int):
-        from agents.env_runner import EnvRunner
-        from agents.ppo import PPOAgent, PPOSettings
-        from agents.rollout import RolloutBuffer
-
         self.cfg, self.seed = cfg, seed
         p = cfg["ppo"]
         env, limit = make_env(cfg)
@@ -210,10 +168,7 @@ class PPORun:
                                 normalize_obs=p["normalize_obs"], normalize_reward=p["normalize_reward"],
                                 gamma=p["gamma"], clip_obs=p["clip_obs"], clip_reward=p["clip_reward"],
                                 clip_actions=p["clip_actions"])
-        settings = PPOSettings(epochs=p["epochs"], minibatch_size=p["minibatch_size"], gamma=p["gamma"],
-                               gae_lambda=p["gae_lambda"], clip=p["clip"], vf_coef=p["vf_coef"],
-                               ent_coef=p["ent_coef"], advantage_normalization=p["advantage_normalization"],
-                               truncation_as_termination=p["truncation_as_termination"])
+        settings = PPOSettings(**{f.name: p[f.name] for f in dataclasses.fields(PPOSettings)})
         n = cfg["net"]
         self.agent = PPOAgent(self.runner.obs_dim, self.runner.act_dim, n["hidden"], n["activation"], n["init"],
                               p["log_std_init"], settings, cfg, init_generator=generators([seed], "init")[0],
@@ -224,6 +179,7 @@ class PPORun:
         self.probe: torch.Tensor | None = None  # log.probe "first_rollout": raw observations of the first rollout
         self.returns: deque[float] = deque(maxlen=cfg["log"]["return_window"])
         self.nets = {"actor": self.agent.actor, "critic": self.agent.critic}
+        self._checkpoint_due = False
 
     @property
     def steps(self) -> int:
@@ -248,6 +204,55 @@ class PPORun:
         self.updates += 1
         self.returns.extend(e.ret for e in episodes)
         return episodes, losses, metrics
+
+    # --- the run loop's protocol (rl_plasticity/run/loop.py)
+    @property
+    def step(self) -> int:
+        return self.runner.steps
+
+    tb_step = step
+
+    @property
+    def total(self) -> int:
+        return self.cfg["total_steps"]
+
+    def done(self) -> bool:
+        return self.steps >= self.total
+
+    def should_checkpoint(self) -> bool:
+        return self._checkpoint_due
+
+    def advance(self, log: TBLogger, bar=None) -> None:
+        """One rollout and its update, logged: returns, losses, methods' statistics, and the plasticity
+        metrics when this rollout crosses a multiple of log.metrics_every."""
+        L = self.cfg["log"]
+        start = time.perf_counter()
+        measure = (self.steps + self.buffer.steps) // L["metrics_every"] != self.steps // L["metrics_every"]
+        checkpoints_before = self.steps // L["checkpoint_every"]
+        try:
+            episodes, losses, metrics = self.train_update(measure)
+        except NonFiniteLoss as e:
+            raise UserError(f"training diverged at step {self.steps} (update {self.updates + 1}): {e}; "
+                            "no checkpoint was written for it - try a smaller optimizer.lr") from None
+        step = self.steps
+        self._checkpoint_due = step // L["checkpoint_every"] != checkpoints_before
+        for ep in episodes:
+            log.scalar("charts/episodic_return", ep.ret, ep.step)
+            log.scalar("charts/episodic_length", ep.length, ep.step)
+        log.scalar("charts/sps", self.buffer.steps / (time.perf_counter() - start), step)
+        kind = self.runner.physics_kind
+        if kind:
+            log.scalar(PHYSICS_CHARTS[kind], self.runner.physics_value, step)
+        log.scalars(losses, step, prefix="losses")
+        for key, value in self.agent.learner.stats().items():
+            log.scalar(method_stat_tag(key), value, step)
+        for tag, value in metrics.items():
+            log.scalar(tag, value, step)
+        if bar is not None:
+            postfix = {"ret": f"{np.mean(self.returns):.0f}" if self.returns else "-"}
+            if kind:
+                postfix[kind] = f"{self.runner.physics_value:.3g}"
+            bar.set_postfix(postfix, refresh=False)
 
     def probe_observations(self) -> torch.Tensor:
         """The observations the plasticity metrics are measured on, as the policy sees them."""
@@ -313,13 +318,6 @@ def _differences(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def method_stat_tag(key: str) -> str:
-    """'cbp/actor/layer0/replacements' -> 'plasticity/actor/layer0/cbp_replacements'; a method's overall
-    counter ('m/count') -> 'plasticity/m_count'."""
-    method, *where, stat = key.split("/")
-    return "/".join(["plasticity", *where, f"{method}_{stat}"])
-
-
 def _metric_tag(net: str, key: str) -> str:
     """probe_metrics keys are 'actor/layer0/stable_rank' (groups) or 'layer2/mean_abs_weight' (layers)."""
     key = key[len(net) + 1:] if key.startswith(net + "/") else key
@@ -327,75 +325,17 @@ def _metric_tag(net: str, key: str) -> str:
 
 
 def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dict:
-    from agents.ppo import NonFiniteLoss
-
-    check(cfg)
     if len(seeds) != 1:
         raise UserError(f"ppo runs one seed per process (got {len(seeds)}); use --seed K and one process per seed")
     torch.set_num_threads(cfg["torch_threads"])
     state = PPORun(cfg, seeds[0])
-    if resume:
-        path = latest_checkpoint(run_dir)
-        if path is not None:
-            state.load_state_dict(load_checkpoint(path), source=f"checkpoint {path}")
-    log = TBLogger(run_dir / "tb", purge_step=state.steps + 1 if resume else None)
-    L, total = cfg["log"], cfg["total_steps"]
-    kind = state.runner.physics_kind
-    chart = {"friction": "charts/friction", "mass_scale": "charts/mass"}.get(kind)
-    bar = progress_bar(total=total, desc=f"ppo {cfg['env']['id'].split('/')[-1]} seed {seeds[0]}", unit="step",
-                       initial=state.steps)
-    last_ckpt, last_metrics = state.steps // L["checkpoint_every"], state.steps // L["metrics_every"]
-    phase_eval = None
-    if cfg["eval"]["at_phase_end"]:
-        from rl_plasticity.evaluate import PhaseEndEvaluation
-
-        phase_eval = PhaseEndEvaluation(state, log)
-    with GracefulStop() as stop:
-        try:
-            while state.steps < total and not stop.requested:
-                start = time.perf_counter()
-                # Metrics are due when this rollout crosses a multiple of metrics_every.
-                measure = (state.steps + state.buffer.steps) // L["metrics_every"] != last_metrics
-                try:
-                    episodes, losses, metrics = state.train_update(measure)
-                except NonFiniteLoss as e:
-                    raise UserError(f"training diverged at step {state.steps} (update {state.updates + 1}): {e}; "
-                                    "no checkpoint was written for it - try a smaller optimizer.lr") from None
-                step = state.steps
-                sps = state.buffer.steps / (time.perf_counter() - start)
-                for ep in episodes:
-                    log.scalar("charts/episodic_return", ep.ret, ep.step)
-                    log.scalar("charts/episodic_length", ep.length, ep.step)
-                log.scalar("charts/sps", sps, step)
-                if chart:
-                    log.scalar(chart, state.runner.physics_value, step)
-                log.scalars(losses, step, prefix="losses")
-                for key, value in state.agent.learner.stats().items():
-                    log.scalar(method_stat_tag(key), value, step)
-                last_metrics = step // L["metrics_every"]
-                for tag, value in metrics.items():
-                    log.scalar(tag, value, step)
-                if phase_eval is not None:
-                    phase_eval.after_update()
-                bar.update(state.buffer.steps)
-                postfix = {"ret": f"{np.mean(state.returns):.0f}" if state.returns else "-"}
-                if kind:
-                    postfix[kind] = f"{state.runner.physics_value:.3g}"
-                bar.set_postfix(postfix, refresh=False)
-                if step // L["checkpoint_every"] != last_ckpt or step >= total or stop.requested:
-                    last_ckpt = step // L["checkpoint_every"]
-                    save_checkpoint_in(run_dir, step, state.state_dict())
-            if phase_eval is not None and state.steps >= total:
-                phase_eval.at_run_end()
-        finally:
-            bar.close()
-            log.close()
-    if stop.requested and state.steps < total:
-        print(f"stopped at {state.steps} steps; continue with --resume {run_dir}")
+    callbacks = [PhaseEndEvaluation()] if cfg["eval"]["at_phase_end"] else []
+    if not train_loop(state, run_dir, resume, lambda purge: TBLogger(run_dir / "tb", purge_step=purge),
+                      f"ppo {cfg['env']['id'].split('/')[-1]} seed {seeds[0]}", "step", callbacks=callbacks):
         return {}
     summary = {"steps": state.steps, "updates": state.updates,
                "recent_return": float(np.mean(state.returns)) if state.returns else None}
     atomic_write(run_dir / "results.json", json.dumps(summary, indent=1))
-    print(f"done: {state.steps} steps, mean return of the last {len(state.returns)} episodes: "
-          f"{summary['recent_return'] if summary['recent_return'] is not None else 'n/a'}")
+    recent = "n/a" if summary["recent_return"] is None else f"{summary['recent_return']:,.1f}"
+    print(f"done: {state.steps:,} steps, mean return of the last {len(state.returns)} episodes: {recent}")
     return summary

@@ -21,8 +21,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from rl_plasticity.checkpoint import latest_checkpoint
-from rl_plasticity.rundir import CONFIG_FILE, ERROR_FILE, atomic_write
+from rl_plasticity.run.checkpoint import latest_checkpoint
+from rl_plasticity.run.rundir import CONFIG_FILE, ERROR_FILE, atomic_write
 
 RESULTS_FILE = "results.json"
 STATE_DIR = ".sweep"  # inside the sweep directory: locks and full per-run logs
@@ -174,7 +174,7 @@ def launch(spec: RunSpec, lock) -> RunProcess | Outcome:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} rl-plasticity {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rl_plasticity.sweep_runs", str(os.getpid()), *argv],
+            [sys.executable, "-m", "rl_plasticity.sweep.child", str(os.getpid()), *argv],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_child_env(),
             pass_fds=(lock.fileno(),),
             # Own session: a Ctrl-C in the terminal reaches only the sweep, which then stops each run once.
@@ -223,38 +223,3 @@ def _tail(path: Path, n: int) -> str:
 def _last_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1].strip() if lines else ""
-
-
-# --------------------------------------------------------------------------- the child process
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Get SIGTERM when the launching process dies, so a killed sweep leaves no run going on alone.
-
-    SIGTERM (not SIGKILL) lets the run save a checkpoint first. Linux only; elsewhere a run outlives
-    its sweep and the restarted sweep waits for it through the run's lock.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _child_main(argv: list[str]) -> int:
-    _die_with_parent(int(argv[0]))
-    import torch
-
-    torch.set_num_threads(1)
-    from rl_plasticity.cli import main
-
-    return main(argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1:]))

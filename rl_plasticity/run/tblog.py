@@ -40,7 +40,9 @@ class TBLogger:
     def writer(self):
         """The underlying `SummaryWriter` (created on first use)."""
         if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # imported late: it pulls in tensorboard
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # imported late: it pulls in tensorboard
+            )
 
             self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self._purge_step,
                                          flush_secs=self._flush_secs)
@@ -81,7 +83,7 @@ class TBLogger:
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        from rl_plasticity.video import encode_gif
+        from rl_plasticity.run.video import encode_gif
 
         height, width = np.asarray(frames[0]).shape[:2]
         image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encode_gif(frames, fps))
@@ -146,3 +148,35 @@ def _quiet_tensorboard() -> Iterator[None]:
     finally:
         log.setLevel(level)
 
+
+def method_stat_tag(key: str, net: str | None = None) -> str:
+    """The one tag scheme for a plasticity method's statistics, `plasticity/<net>/<layer>/<method>_<stat>`:
+    'cbp/layer0/replacements' of net 'net' -> 'plasticity/net/layer0/cbp_replacements'. Keys whose groups
+    name their net (PPO's 'cbp/actor/layer0/replacements') need no `net`; a method's overall counter
+    ('m/count') -> 'plasticity/<net>/m_count'."""
+    method, *where, stat = key.split("/")
+    return "/".join(["plasticity", *([net] if net else []), *where, f"{method}_{stat}"])
+
+
+class SeedLogs:
+    """One TensorBoard run per seed (seed_<k>) plus their mean (mean), all with the same tags."""
+
+    def __init__(self, run_dir: Path, seeds: list[int], purge_step: int | None):
+        self.seed_logs = [TBLogger(run_dir / "tb" / f"seed_{s}", purge_step=purge_step) for s in seeds]
+        self.mean_log = TBLogger(run_dir / "tb" / "mean", purge_step=purge_step) if len(seeds) > 1 else None
+
+    def per_seed(self, tag: str, values: list[float], step: int) -> None:
+        for log, v in zip(self.seed_logs, values):
+            log.scalar(tag, v, step)
+        if self.mean_log is not None:
+            self.mean_log.scalar(tag, sum(values) / len(values), step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Values already averaged over seeds: into the mean run (the seed's own run with one seed)."""
+        log = self.mean_log or self.seed_logs[0]
+        for tag, v in values.items():
+            log.scalar(tag, v, step)
+
+    def close(self) -> None:
+        for log in [*self.seed_logs, *([self.mean_log] if self.mean_log else [])]:
+            log.close()

@@ -11,17 +11,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from rl_plasticity.problems import headline
+
 LAYOUT_DIR = "layout"
 
-# Per problem, the charts of its headline numbers: (title, tag regexes).
-PROBLEM_CHARTS = {
-    "regression": [("binned squared error", [r"^charts/binned_error$"])],
-    "ppo": [("episodic return", [r"^charts/episodic_return$"]),
-            ("friction / mass", [r"^charts/(friction|mass)$"])],
-    "permuted_mnist": [("accuracy per task", [r"^charts/task_accuracy$"])],
-    "continual_imagenet": [("test accuracy per task", [r"^charts/test_accuracy$"])],
-    "incremental_cifar": [("test accuracy", [r"^charts/test_accuracy$"]), ("classes", [r"^charts/classes$"])],
-}
 PLASTICITY_CHARTS = [
     ("dormant fraction", [r"^plasticity/.*/dormant_fraction$"]),
     ("stable rank", [r"^plasticity/.*/stable_rank$"]),
@@ -35,7 +28,7 @@ def layout_for(problems: list[str]) -> dict:
     """The layout dict `SummaryWriter.add_custom_scalars` takes: {category: {title: ["Multiline", [regex]]}}."""
     learners = {}
     for problem in dict.fromkeys(problems):  # keep order, drop repeats
-        for title, regexes in PROBLEM_CHARTS.get(problem, []):
+        for title, regexes in headline(problem).charts if headline(problem) else []:
             learners[title] = ["Multiline", regexes]
     return {"learners compared": learners,
             "plasticity (every net and layer)": {t: ["Multiline", r] for t, r in PLASTICITY_CHARTS}}

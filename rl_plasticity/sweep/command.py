@@ -22,13 +22,13 @@ from pathlib import Path
 
 from rl_plasticity.config import read_yaml
 from rl_plasticity.errors import UserError
-from rl_plasticity.progress import GracefulStop
-from rl_plasticity.rundir import atomic_write, package_versions
-from rl_plasticity.sweep_backends import BACKENDS
-from rl_plasticity.sweep_runs import STATE_DIR, RunSpec
-from rl_plasticity.sweep_status import StatusBoard
-from rl_plasticity.tblayout import write_layout
-from rl_plasticity.train import resolve_config
+from rl_plasticity.problems import resolve_config
+from rl_plasticity.run.progress import GracefulStop
+from rl_plasticity.run.rundir import atomic_write, package_versions
+from rl_plasticity.sweep.backends import BACKENDS
+from rl_plasticity.sweep.runs import STATE_DIR, RunSpec
+from rl_plasticity.sweep.status import StatusBoard
+from rl_plasticity.sweep.tblayout import write_layout
 
 MANIFEST = "sweep.json"
 CONFIG_COPIES = "configs"

@@ -27,18 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from rl_plasticity.errors import UserError
-from rl_plasticity.rundir import CONFIG_FILE, INFO_FILE, atomic_write
-from rl_plasticity.tblog import read_scalars
+from rl_plasticity.problems import headline
+from rl_plasticity.run.rundir import CONFIG_FILE, INFO_FILE, atomic_write
+from rl_plasticity.run.tblog import read_scalars
 
-DEFAULT_METRICS = {
-    "ppo": ["charts/episodic_return"],
-    "regression": ["charts/binned_error"],
-    "permuted_mnist": ["charts/task_accuracy"],
-    "continual_imagenet": ["charts/test_accuracy"],
-    "incremental_cifar": ["charts/test_accuracy"],
-}
-X_LABELS = {"ppo": "environment steps", "regression": "examples", "permuted_mnist": "examples",
-            "continual_imagenet": "task", "incremental_cifar": "epochs"}
 PHYSICS_TAGS = ("charts/friction", "charts/mass")
 FIGURE_FORMATS = ("png", "pdf", "svg", "eps")  # matplotlib writes these itself
 CSV_FIELDS = ("metric", "learner", "bin_start", "bin_end", "mean", "se", "n_runs")
@@ -135,7 +127,7 @@ def choose_metrics(runs: list[SeedRun], requested: list[str]) -> list[str]:
     available = sorted({tag for r in runs for tag in r.scalars})
     if not requested:
         problems = list(dict.fromkeys(r.problem for r in runs))
-        requested = [m for p in problems for m in DEFAULT_METRICS.get(p, [])]
+        requested = [m for p in problems for m in (headline(p).metrics if headline(p) else [])]
         if not requested:
             raise UserError(f"no default metric for problem(s) {', '.join(map(str, problems))}; "
                             f"pass --metric TAG; tags found: {_listing(available)}")
@@ -236,7 +228,7 @@ def learner_order(runs: list[SeedRun], paths: list[str]) -> list[str]:
 
 
 def x_label(runs: list[SeedRun]) -> str:
-    labels = {X_LABELS.get(r.problem, "step") for r in runs}
+    labels = {headline(r.problem).x_label if headline(r.problem) else "step" for r in runs}
     return labels.pop() if len(labels) == 1 else "step"
 
 
@@ -249,7 +241,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def main(args) -> int:
-    from rl_plasticity.compare_plot import plot_comparison  # matplotlib only once there is something to plot
+    from rl_plasticity.compare.plot import (
+        plot_comparison,  # matplotlib only once there is something to plot
+    )
 
     if args.bin is not None and args.bin < 1:
         raise UserError(f"--bin must be >= 1, got {args.bin}")

@@ -11,38 +11,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from rl_plasticity.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
 from rl_plasticity.errors import UserError
-from rl_plasticity.rundir import CONFIG_FILE, read_run_info
-
-
-@dataclass
-class Policy:
-    """Maps raw observations to actions; the normaliser is read, never updated."""
-
-    mean: object  # normalised float32 observation -> action mean (PPOAgent.policy_mean)
-    std: np.ndarray
-    obs_norm: object | None  # agents.normalize.ObsNormalizer or None
-    bounds: tuple[np.ndarray, np.ndarray] | None  # (low, high) if actions are clipped, as in training
-
-    @classmethod
-    def of(cls, run) -> "Policy":
-        """The policy of a PPORun, sending actions to the env as its training did (ppo.clip_actions)."""
-        runner = run.runner
-        return cls(mean=run.agent.policy_mean, std=run.agent.action_std(), obs_norm=runner.obs_norm,
-                   bounds=(runner.low, runner.high) if runner.clip_actions else None)
-
-    def act(self, raw_obs: np.ndarray, noise_rng: np.random.Generator | None) -> np.ndarray:
-        """The action sent to the env: mean (+ std * N(0, 1) unless `noise_rng` is None), clipped to
-        the action bounds if training clipped it."""
-        raw = np.asarray(raw_obs, np.float64)
-        obs = self.obs_norm(raw, update=False) if self.obs_norm is not None else raw
-        action = self.mean(obs.astype(np.float32))
-        if noise_rng is not None:
-            action = action + self.std * noise_rng.standard_normal(len(self.std)).astype(np.float32)
-        return action if self.bounds is None else np.clip(action, *self.bounds)
+from rl_plasticity.problems.mujoco_eval import Policy
+from rl_plasticity.run.checkpoint import (
+    CHECKPOINT_DIR,
+    latest_checkpoint,
+    load_checkpoint,
+)
+from rl_plasticity.run.rundir import CONFIG_FILE, read_run_info
 
 
 @dataclass
@@ -81,8 +57,8 @@ def locate(path: str | Path) -> tuple[Path, Path]:
 
 def load_policy(path: str | Path) -> SavedPolicy:
     """Read the policy of a run directory or checkpoint file; any mismatch is a UserError."""
-    from rl_plasticity.problems.ppo import PPORun, config_differences
-    from rl_plasticity.train import resolve_config
+    from rl_plasticity.problems import resolve_config
+    from rl_plasticity.problems.mujoco_ppo import PPORun, config_differences
 
     ckpt, run_dir = locate(path)
     raw_cfg, _ = read_run_info(run_dir)

@@ -6,8 +6,8 @@ import sys
 import time
 from collections import Counter
 
-from rl_plasticity.progress import progress_enabled
-from rl_plasticity.sweep_runs import Outcome, RunSpec
+from rl_plasticity.run.progress import progress_enabled
+from rl_plasticity.sweep.runs import Outcome, RunSpec
 
 
 class StatusBoard:

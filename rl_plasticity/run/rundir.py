@@ -6,8 +6,8 @@ import contextlib
 import datetime as dt
 import importlib.metadata
 import json
-import os
 import math
+import os
 import platform
 import re
 import shutil

@@ -37,7 +37,7 @@ def _ours_config(variant: str, steps: int) -> dict:
     the fair baseline for CBP's own cost)."""
     from rl_plasticity.config import load_config, validate
     from rl_plasticity.errors import UserError
-    from rl_plasticity.problems.ppo import DEFAULTS, RULES
+    from rl_plasticity.problems.mujoco_ppo import DEFAULTS, RULES
 
     if variant == "sb3_settings":
         return validate({"env": {"id": "Ant-v5"}, "total_steps": steps,
@@ -57,7 +57,7 @@ def _timed(work, steps: int) -> tuple[float, float]:
 
 
 def _ours(steps: int, seed: int, variant: str) -> tuple[float, float]:
-    from rl_plasticity.problems.ppo import PPORun
+    from rl_plasticity.problems.mujoco_ppo import PPORun
 
     cfg = _ours_config(variant, steps)
     run = PPORun(cfg, seed)

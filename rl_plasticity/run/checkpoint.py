@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from rl_plasticity.errors import UserError
-from rl_plasticity.rundir import atomic_open
+from rl_plasticity.run.rundir import atomic_open
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
