@@ -56,6 +56,8 @@ def main(args) -> int:
         return _exit_code(module.run(cfg, list(info["seeds"]), run_dir, resume=True))
     if not args.config:
         raise UserError("give a config file (or --resume RUN_DIR)")
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out is empty: give a run directory (or leave --out out for runs/<config>-<time>)")
     cfg, module = resolve_config(read_yaml(args.config), args.overrides)
     seeds = _seeds(args)
     # A run that fails before its first checkpoint (bad data, divergence) leaves no directory behind.

@@ -175,6 +175,24 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
         assert logged_a[tag] == logged_b[tag], tag
 
 
+def test_resume_passes_over_a_damaged_newest_checkpoint_and_ends_as_an_uninterrupted_run(tmp_path, capsys):
+    config = str(REPO / "configs/friction_ant/cbp.yaml")
+    straight, damaged = tmp_path / "straight", tmp_path / "damaged"
+    for out in (straight, damaged):
+        assert train(config, "--seed", "1", "--out", str(out), *overrides(TINY)) == 0
+    (damaged / "results.json").unlink()
+    newest = latest_checkpoint(damaged)
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the checksum no longer matches
+    newest.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert train("--resume", str(damaged)) == 0
+    assert "resuming from step 128" in capsys.readouterr().err
+    a, b = load_checkpoint(latest_checkpoint(straight)), load_checkpoint(latest_checkpoint(damaged))
+    _assert_same_state(a["agent"], b["agent"])
+    _assert_same_state(a["env"], b["env"])
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -94,6 +94,21 @@ def test_train_cli_writes_run_dir_results_and_tensorboard(tmp_path):
     assert json.loads((out / "results.json").read_text()) == results
 
 
+def test_one_seed_results_are_strict_json_and_the_summary_says_n_1(tmp_path):
+    """One seed has no standard error: results.json holds null (not NaN, which strict readers refuse)."""
+    sets = [x for s in SMALL for x in ("--set", s)]
+    r = cli("train", str(CONFIGS / "bp.yaml"), "--seed", "3", "--out", str(tmp_path / "run"), *sets)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "run" / "results.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    results = json.loads(text, parse_constant=refuse)
+    assert results["early"]["se"] is None and results["early"]["n"] == 1
+    assert "(n=1)" in r.stdout and "nan" not in r.stdout.lower()
+
+
 def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
     sets = ["--set", "examples=40000", "--set", "log.checkpoint_every=10000", "--set", "net.hidden=[50]"]
     straight = tmp_path / "straight"

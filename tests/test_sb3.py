@@ -183,6 +183,27 @@ def test_sac_cbp_in_actor_and_critic_and_save_load(tmp_path):
     _assert_same_tensors(model.critic.optimizer.state_dict(), loaded.critic.optimizer.state_dict())
 
 
+def test_policy_option_typos_and_networks_without_hidden_layers_fail_at_construction():
+    """Not after a whole rollout: the options are checked, and the units found, when the policy is built."""
+    with pytest.raises(ValueError, match="unknown CBP option 'replacment_rate' .*did you mean 'replacement_rate'"):
+        PPO(CBPPolicy, _env(), device="cpu", policy_kwargs={"net_arch": [16], "cbp": {"replacment_rate": 1e-3}})
+    with pytest.raises(ValueError, match="ReDo every must be"):
+        SAC(CBPSACPolicy, _env(), device="cpu", policy_kwargs={"net_arch": [16], "redo": {"every": 0}})
+    with pytest.raises(ValueError, match=r"CBP and ReDo need at least one hidden layer, and the policy network "
+                                         r"\(mlp_extractor.policy_net\) has none \(net_arch=\[\]\)"):
+        PPO(CBPPolicy, _env(), device="cpu", policy_kwargs={"net_arch": []})
+    with pytest.raises(ValueError, match=r"need at least one hidden layer, and the value network"):
+        PPO(CBPPolicy, _env(), device="cpu", policy_kwargs={"net_arch": {"pi": [16], "vf": []}, "cbp": None,
+                                                           "redo": True})
+    with pytest.raises(ValueError, match=r"need at least one hidden layer, and the actor \(actor.latent_pi\)"):
+        SAC(CBPSACPolicy, _env(), device="cpu", policy_kwargs={"net_arch": {"pi": [], "qf": [16]}})
+    # Shrink-and-perturb alone needs no hidden units.
+    model = PPO(CBPPolicy, _env(), n_steps=64, batch_size=32, n_epochs=1, device="cpu",
+                policy_kwargs={"net_arch": [], "cbp": None, "snp": {"shrink": 1e-3}})
+    model.learn(total_timesteps=64)
+    assert list(model.policy.plasticity.methods) == ["snp"]
+
+
 def test_readme_sb3_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(python_block("With Stable-Baselines3"), "README.md", "exec"), {"__name__": "__main__"})

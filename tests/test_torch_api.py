@@ -1,6 +1,7 @@
 """The public PyTorch API: plain nn.Modules trained with the core's methods give the core's numbers."""
 
 import copy
+import inspect
 import math
 import warnings
 
@@ -17,10 +18,13 @@ from rl_plasticity import (
     UnitsNotFound,
     UnitSpec,
     attach_cbp,
+    attach_redo,
+    attach_shrink_perturb,
     find_unit_specs,
 )
 from rl_plasticity.core.builders import METHOD_DEFAULTS, build_learner
 from rl_plasticity.core.convnet import ConvNet
+from rl_plasticity.core.methods import ContinualBackprop, ReDo, ShrinkPerturb
 from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.units import ParamUnits
 
@@ -276,6 +280,32 @@ def test_model_without_hidden_layers_and_step_before_forward_are_clear_errors():
         net(torch.randn(2, 3))  # acting / evaluation: not captured
     with pytest.raises(RuntimeError, match="forward pass with autograd on"):
         cbp.step()
+
+
+def test_unknown_or_bad_options_fail_at_attach_naming_the_valid_ones():
+    """The methods are built on the first step(): their options are checked at attach time instead."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = Adam(net.parameters())
+    with pytest.raises(ValueError, match=r"unknown CBP option 'replacment_rate' \(did you mean 'replacement_rate'\?\)"
+                                         r"; valid options: replacement_rate, maturity_threshold, decay_rate, utility"):
+        attach_cbp(net, opt, replacment_rate=0.1)
+    with pytest.raises(ValueError, match="unknown ReDo option 'treshold'.*valid options: threshold, every"):
+        attach_redo(net, opt, treshold=0.1)
+    with pytest.raises(ValueError, match="unknown SNP option 'enabled'; valid options: shrink, noise_std"):
+        Plasticity(net, opt, cbp=True, snp={"enabled": True})
+    with pytest.raises(ValueError, match=r"CBP replacement_rate must be .*, got -1"):
+        attach_cbp(net, opt, replacement_rate=-1)
+    with pytest.raises(ValueError, match="CBP utility must be one of"):
+        Plasticity(net, opt, cbp={"utility": "contributon"})
+    with pytest.raises(ValueError, match="SNP shrink must be"):
+        attach_shrink_perturb(net, shrink=1.5)
+    # The declared options are exactly the constructors' keywords (what the methods get on first use).
+    for cls in (ContinualBackprop, ReDo, ShrinkPerturb):
+        keywords = list(inspect.signature(cls).parameters)[-len(cls.defaults) + 1:]
+        assert keywords == [k for k in cls.defaults if k != "enabled"]
+    assert attach_cbp(net, opt, decay_rate=0.9, utility="random").methods["cbp"].decay_rate == 0.9
+    with pytest.raises(ValueError, match="need at least one hidden layer"):
+        Plasticity(net, opt, redo=True, groups=[])
 
 
 def test_state_dict_round_trip_continues_exactly():

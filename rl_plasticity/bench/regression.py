@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rl_plasticity.errors import UserError
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--seeds", type=int, default=30, help="seeds batched in one process (default 30)")
@@ -36,6 +38,9 @@ def run(args) -> dict:
     from rl_plasticity.config import read_yaml
     from rl_plasticity.problems import resolve_config
 
+    for option, value in (("--seeds", args.seeds), ("--examples", args.examples)):
+        if value < 1:
+            raise UserError(f"{option} must be >= 1, got {value}")
     torch.set_num_threads(1)
     figures = {}
     for learner in args.learners.split(","):

@@ -59,6 +59,14 @@ class _PlasticityOptions:
                                                         "plasticity_init": plasticity_init,
                                                         "plasticity_seed": plasticity_seed})
 
+    def _require_units(self, specs: list[UnitSpec], where: str) -> None:
+        """CBP and ReDo act on hidden units: refuse a network without hidden layers rather than do nothing."""
+        o = self._plasticity_kwargs
+        if not specs and (_cbp_options(o["cbp"]) is not None or o["redo"] not in (None, False)):
+            raise ValueError(f"CBP and ReDo need at least one hidden layer, and the {where} has none (net_arch="
+                             f"{self.net_arch!r}): give it hidden layers in policy_kwargs['net_arch'], or turn "
+                             "cbp and redo off (cbp=None, redo=None)")
+
     def _attach(self, specs: list[UnitSpec], optimizer, default_init, seed_offset: int = 0) -> Plasticity:
         o = self._plasticity_kwargs
         init = default_init if o["plasticity_init"] is None else o["plasticity_init"]
@@ -87,9 +95,12 @@ class CBPPolicy(_PlasticityOptions, ActorCriticPolicy):
 
     def _build(self, lr_schedule) -> None:
         super()._build(lr_schedule)
-        specs = (chain_specs(_chain(self, "mlp_extractor.policy_net") + [("action_net", self.action_net)])
-                 + chain_specs(_chain(self, "mlp_extractor.value_net") + [("value_net", self.value_net)]))
-        self.plasticity = self._attach(specs, self.optimizer, math.sqrt(2) if self.ortho_init else "torch")
+        policy_specs = chain_specs(_chain(self, "mlp_extractor.policy_net") + [("action_net", self.action_net)])
+        value_specs = chain_specs(_chain(self, "mlp_extractor.value_net") + [("value_net", self.value_net)])
+        self._require_units(policy_specs, "policy network (mlp_extractor.policy_net)")
+        self._require_units(value_specs, "value network (mlp_extractor.value_net)")
+        self.plasticity = self._attach(policy_specs + value_specs, self.optimizer,
+                                       math.sqrt(2) if self.ortho_init else "torch")
 
 
 class CBPSACPolicy(_PlasticityOptions, SACPolicy):
@@ -114,6 +125,8 @@ class CBPSACPolicy(_PlasticityOptions, SACPolicy):
             actor_specs[-1] = UnitSpec(last.incoming, ("actor.mu", "actor.log_std"), last.norm)
         critic_specs = [spec for i in range(len(self.critic.q_networks))
                         for spec in chain_specs(_chain(self, f"critic.qf{i}"))]
+        self._require_units(actor_specs, "actor (actor.latent_pi)")
+        self._require_units(critic_specs, "critic (critic.qf*)")
         self.actor_plasticity = self._attach(actor_specs, actor.optimizer, "torch")
         # The critic's methods draw from their own stream.
         self.critic_plasticity = self._attach(critic_specs, self.critic.optimizer, "torch", seed_offset=1)

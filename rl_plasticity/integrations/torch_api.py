@@ -20,6 +20,7 @@ submodule (as the Stable-Baselines3 policies do), it travels inside the owner's 
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import torch
@@ -38,6 +39,22 @@ def _options(value, what: str) -> dict | None:
     if isinstance(value, dict):
         return dict(value)
     raise TypeError(f"{what} must be True, False/None or a dict of its options, got {value!r}")
+
+
+METHODS = {"cbp": ContinualBackprop, "redo": ReDo, "snp": ShrinkPerturb}
+
+
+def check_options(name: str, options: dict) -> None:
+    """Check a method's options at attach time, against the options and rules the core method declares
+    (its `defaults`, less `enabled`, and `rules`): the methods themselves are built on first use."""
+    cls = METHODS[name]
+    valid = [k for k in cls.defaults if k != "enabled"]
+    for key in options:
+        if key not in valid:
+            match = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+            hint = f" (did you mean {match[0]!r}?)" if match else ""
+            raise ValueError(f"unknown {cls.label} option {key!r}{hint}; valid options: {', '.join(valid)}")
+    cls.check({**cls.defaults, **options})
 
 
 class Plasticity(nn.Module):
@@ -60,12 +77,17 @@ class Plasticity(nn.Module):
         self.options = {"cbp": _options(cbp, "cbp"), "redo": _options(redo, "redo"), "snp": _options(snp, "snp")}
         if all(v is None for v in self.options.values()):
             raise ValueError("no plasticity method enabled: pass cbp=, redo= and/or snp=")
+        for name, options in self.options.items():
+            if options is not None:
+                check_options(name, options)
         needs_units = self.options["cbp"] is not None or self.options["redo"] is not None
         if needs_units and optimizer is None:
             raise ValueError("CBP and ReDo reset the optimizer state of the units they replace: pass the optimizer")
         # Plain lists, so that nn.Module does not register the user's model or layers as submodules.
         self._optimizer = [optimizer]
         self.groups = build_groups(model, groups, init) if needs_units else []
+        if needs_units and not self.groups:
+            raise ValueError("CBP and ReDo need at least one hidden layer: no unit groups were declared")
         self._snp_params = list(params if params is not None else model.parameters())
         seed = int(torch.randint(0, 2**62, ())) if seed is None else int(seed)
         self.generator = torch.Generator().manual_seed(seed)

@@ -152,6 +152,8 @@ def _load_or_create(args) -> tuple[Path, dict]:
         raise UserError("give the seeds, e.g. --seeds 0-29")
     manifest = new_manifest(args.configs, parse_seeds(args.seeds), args.overrides)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out is empty: give a sweep directory (or leave --out out for runs/sweep-<time>)")
     sweep_dir = Path(args.out or f"runs/sweep-{stamp}").resolve()
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UserError(f"--out {args.out} is a file, not a sweep directory; choose another --out")
