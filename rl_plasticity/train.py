@@ -9,13 +9,8 @@ from rl_plasticity.errors import UserError
 from rl_plasticity.problems import resolve_config
 from rl_plasticity.run.checkpoint import CHECKPOINT_DIR
 from rl_plasticity.run.progress import GracefulStop
-from rl_plasticity.run.rundir import (
-    default_run_dir,
-    new_run_dir,
-    read_run_info,
-    remove_temporaries,
-    write_run_info,
-)
+from rl_plasticity.run.rundir import (default_run_dir, new_run_dir, read_run_info, remove_temporaries,
+                                      write_run_info)
 
 
 def _seeds(args) -> list[int]:

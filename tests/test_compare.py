@@ -11,12 +11,7 @@ import pytest
 from sweeps import LEARNERS, finished_local_sweep
 
 from rl_plasticity.cli import main as cli_main
-from rl_plasticity.compare.command import (
-    bin_index,
-    find_run_dirs,
-    load_seed_runs,
-    physics_changes,
-)
+from rl_plasticity.compare.command import bin_index, find_run_dirs, load_seed_runs, physics_changes
 from rl_plasticity.run.rundir import write_run_info
 from rl_plasticity.run.tblog import TBLogger, read_scalars
 

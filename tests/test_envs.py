@@ -9,12 +9,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
-from rl_plasticity.envs import (
-    ChangingFriction,
-    ChangingMass,
-    get_schedule_state,
-    set_schedule_state,
-)
+from rl_plasticity.envs import ChangingFriction, ChangingMass, get_schedule_state, set_schedule_state
 
 from rl_plasticity import envs
 

@@ -22,18 +22,8 @@ from rl_plasticity.cli import main as cli_main
 from rl_plasticity.errors import UserError
 from rl_plasticity.evaluate.command import run_episodes
 from rl_plasticity.evaluate.saved_policy import load_policy
-from rl_plasticity.problems.mujoco_env import (
-    Physics,
-    make_eval_env,
-    phase_physics,
-    physics,
-)
-from rl_plasticity.run.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
+from rl_plasticity.problems.mujoco_env import Physics, make_eval_env, phase_physics, physics
+from rl_plasticity.run.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from rl_plasticity.run.tblog import read_scalars
 from rl_plasticity.run.video import write_mp4
 

@@ -8,13 +8,7 @@ import torch
 from rl_plasticity.config import Numbers, OneOf, Range, validate
 from rl_plasticity.core import builders
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
-from rl_plasticity.core.methods import (
-    METHODS,
-    ContinualBackprop,
-    PlasticityMethod,
-    ReDo,
-    ShrinkPerturb,
-)
+from rl_plasticity.core.methods import METHODS, ContinualBackprop, PlasticityMethod, ReDo, ShrinkPerturb
 from rl_plasticity.core.networks import MLP
 from rl_plasticity.errors import UserError
 

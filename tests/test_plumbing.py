@@ -14,23 +14,11 @@ import torch
 import yaml
 
 from rl_plasticity.run import checkpoint as ckpt
-from rl_plasticity.config import (
-    OneOf,
-    Range,
-    apply_overrides,
-    load_config,
-    read_yaml,
-    validate,
-)
+from rl_plasticity.config import OneOf, Range, apply_overrides, load_config, read_yaml, validate
 from rl_plasticity.errors import UserError
 from rl_plasticity.run.progress import GracefulStop, progress_bar
-from rl_plasticity.run.rundir import (
-    check_new_run_dir,
-    default_run_dir,
-    new_run_dir,
-    read_run_info,
-    write_run_info,
-)
+from rl_plasticity.run.rundir import (check_new_run_dir, default_run_dir, new_run_dir, read_run_info,
+                                      write_run_info)
 from rl_plasticity.run.tblog import TBLogger, read_scalars
 
 DEFAULTS = {

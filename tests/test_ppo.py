@@ -19,11 +19,7 @@ from rl_plasticity.agents.rollout import compute_gae, next_state_values
 from rl_plasticity.cli import main as cli_main
 from rl_plasticity.config import validate
 from rl_plasticity.problems.mujoco_ppo import DEFAULTS, PPORun
-from rl_plasticity.run.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-)
+from rl_plasticity.run.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from rl_plasticity.run.tblog import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,13 +24,7 @@ from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.optim import Adam
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems.mujoco_ppo import (
-    DEFAULTS,
-    RULES,
-    PPORun,
-    config_differences,
-    make_env,
-)
+from rl_plasticity.problems.mujoco_ppo import DEFAULTS, RULES, PPORun, config_differences, make_env
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs/friction_ant/cbp.yaml"

@@ -19,12 +19,7 @@ from rl_plasticity.datasets.imagenet32 import load_imagenet32
 from rl_plasticity.datasets.mnist import load_mnist, read_idx
 from rl_plasticity.datasets.transforms import mnist_to_rgb32, random_crop_flip
 from rl_plasticity.errors import UserError
-from rl_plasticity.problems import (
-    continual_imagenet,
-    incremental_cifar,
-    permuted_mnist,
-    resolve_config,
-)
+from rl_plasticity.problems import continual_imagenet, incremental_cifar, permuted_mnist, resolve_config
 from rl_plasticity.run.checkpoint import latest_checkpoint, list_checkpoints
 from rl_plasticity.run.loop import train_loop
 from rl_plasticity.run.tblog import SeedLogs, read_scalars

@@ -6,13 +6,7 @@ import math
 
 import pytest
 import torch
-from test_supervised import (
-    _NoLogs,
-    _resume_matches,
-    cfg_of,
-    write_cifar100,
-    write_imagenet_npy,
-)
+from test_supervised import _NoLogs, _resume_matches, cfg_of, write_cifar100, write_imagenet_npy
 from torch import nn
 
 from rl_plasticity.core.convnet import ConvNet

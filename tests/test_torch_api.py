@@ -11,17 +11,8 @@ import torch.nn.functional as F
 from readme_examples import python_block
 from torch import nn
 
-from rl_plasticity import (
-    SGD,
-    Adam,
-    Plasticity,
-    UnitsNotFound,
-    UnitSpec,
-    attach_cbp,
-    attach_redo,
-    attach_shrink_perturb,
-    find_unit_specs,
-)
+from rl_plasticity import (SGD, Adam, Plasticity, UnitsNotFound, UnitSpec, attach_cbp, attach_redo,
+                           attach_shrink_perturb, find_unit_specs)
 from rl_plasticity.core.builders import METHOD_DEFAULTS, build_learner
 from rl_plasticity.core.convnet import ConvNet
 from rl_plasticity.core.methods import ContinualBackprop, ReDo, ShrinkPerturb

@@ -13,11 +13,7 @@ from pathlib import Path
 
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.mujoco_eval import Policy
-from rl_plasticity.run.checkpoint import (
-    CHECKPOINT_DIR,
-    latest_checkpoint,
-    load_checkpoint,
-)
+from rl_plasticity.run.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
 from rl_plasticity.run.rundir import CONFIG_FILE, read_run_info
 
 

@@ -15,11 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from rl_plasticity.integrations.groups import (
-    NORM_LAYERS,
-    WEIGHT_LAYERS,
-    ModuleUnitGroup,
-)
+from rl_plasticity.integrations.groups import NORM_LAYERS, WEIGHT_LAYERS, ModuleUnitGroup
 
 PASSIVE_MODULES = ("torch.nn.modules.pooling", "torch.nn.modules.dropout", "torch.nn.modules.flatten",
                    "torch.nn.modules.linear")  # the last for nn.Identity (nn.Linear is a weight layer)

@@ -42,15 +42,8 @@ from rl_plasticity.datasets.mnist import embedded_mnist
 from rl_plasticity.datasets.transforms import mnist_to_rgb32, normalize
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
-from rl_plasticity.problems.supervised import (
-    DEVICE_RULE,
-    check_data_path,
-    load_net_buffers,
-    minibatches,
-    net_buffers,
-    resolve_device,
-    summarize_tasks,
-)
+from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, load_net_buffers, minibatches,
+                                               net_buffers, resolve_device, summarize_tasks)
 from rl_plasticity.run.loop import check_finite, train_loop
 from rl_plasticity.run.rundir import atomic_write
 from rl_plasticity.run.seeding import generators
@@ -267,8 +260,8 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
     per_seed = []
     for seed in seeds:
         state = ContinualImageNetRun(cfg, seed, classes)
-        if not train_loop(state, run_dir, resume, partial(SeedLogs, run_dir, [seed]), f"continual ImageNet seed {seed}", "epoch",
-                          ckpt_dir=run_dir / f"seed_{seed}"):
+        if not train_loop(state, run_dir, resume, partial(SeedLogs, run_dir, [seed]),
+                          f"continual ImageNet seed {seed}", "epoch", ckpt_dir=run_dir / f"seed_{seed}"):
             return {}
         per_seed.append(state.accuracies)
     summary = summarize_tasks([list(task) for task in zip(*per_seed)])

@@ -37,27 +37,16 @@ import torch.nn.functional as F
 from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.methods.head_reset import HeadReset
-from rl_plasticity.core.metrics import (
-    dormant_fraction,
-    dormant_fraction_per_position,
-    probe_metrics,
-    stable_rank,
-)
+from rl_plasticity.core.metrics import (dormant_fraction, dormant_fraction_per_position, probe_metrics,
+                                        stable_rank)
 from rl_plasticity.core.resnet import RESNET_GROUPS, ResNet18
 from rl_plasticity.core.units import ParamUnits, rows
 from rl_plasticity.datasets.cifar100 import EXPECTED, load_cifar100
 from rl_plasticity.datasets.transforms import random_crop_flip
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
-from rl_plasticity.problems.supervised import (
-    DEVICE_RULE,
-    check_data_path,
-    load_net_buffers,
-    minibatches,
-    net_buffers,
-    resolve_device,
-    summarize_tasks,
-)
+from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, load_net_buffers, minibatches,
+                                               net_buffers, resolve_device, summarize_tasks)
 from rl_plasticity.run.loop import check_finite, train_loop
 from rl_plasticity.run.rundir import atomic_write
 from rl_plasticity.run.seeding import generators
@@ -302,8 +291,8 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
     histories, per_seed = [], []
     for seed in seeds:
         state = IncrementalCifarRun(cfg, seed, data)
-        if not train_loop(state, run_dir, resume, partial(SeedLogs, run_dir, [seed]), f"incremental CIFAR-100 seed {seed}", "epoch",
-                          ckpt_dir=run_dir / f"seed_{seed}"):
+        if not train_loop(state, run_dir, resume, partial(SeedLogs, run_dir, [seed]),
+                          f"incremental CIFAR-100 seed {seed}", "epoch", ckpt_dir=run_dir / f"seed_{seed}"):
             return {}
         per_seed.append(state.accuracies)
         histories.append(state.history)

@@ -20,12 +20,7 @@ import numpy as np
 import torch
 
 from rl_plasticity.agents.env_runner import EnvRunner
-from rl_plasticity.agents.ppo import (
-    ADVANTAGE_NORMALIZATIONS,
-    NonFiniteLoss,
-    PPOAgent,
-    PPOSettings,
-)
+from rl_plasticity.agents.ppo import ADVANTAGE_NORMALIZATIONS, NonFiniteLoss, PPOAgent, PPOSettings
 from rl_plasticity.agents.rollout import RolloutBuffer
 from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES

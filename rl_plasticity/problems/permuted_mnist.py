@@ -22,12 +22,7 @@ from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, MLP
 from rl_plasticity.datasets.mnist import EXPECTED, mnist
 from rl_plasticity.problems.headline import Headline
-from rl_plasticity.problems.supervised import (
-    DEVICE_RULE,
-    check_data_path,
-    resolve_device,
-    summarize_tasks,
-)
+from rl_plasticity.problems.supervised import DEVICE_RULE, check_data_path, resolve_device, summarize_tasks
 from rl_plasticity.run.loop import check_finite, train_loop
 from rl_plasticity.run.rundir import atomic_write_json
 from rl_plasticity.run.seeding import generators
@@ -174,7 +169,8 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
     if cfg["device"] == "cpu":
         torch.set_num_threads(1)  # batch-1 steps: threads only add overhead
     state = PermutedMNISTRun(cfg, seeds)
-    if not train_loop(state, run_dir, resume, partial(SeedLogs, run_dir, seeds), f"permuted MNIST x{len(seeds)} seeds", "ex"):
+    if not train_loop(state, run_dir, resume, partial(SeedLogs, run_dir, seeds),
+                      f"permuted MNIST x{len(seeds)} seeds", "ex"):
         return {}
     summary = summarize_tasks(state.accuracies)
     atomic_write_json(run_dir / "results.json", summary)

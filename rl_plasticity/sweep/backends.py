@@ -13,16 +13,8 @@ import time
 from collections import Counter, deque
 
 from rl_plasticity.errors import UserError
-from rl_plasticity.sweep.runs import (
-    Outcome,
-    RunProcess,
-    RunSpec,
-    is_locked,
-    launch,
-    run_blocking,
-    run_state,
-    try_lock,
-)
+from rl_plasticity.sweep.runs import (Outcome, RunProcess, RunSpec, is_locked, launch, run_blocking, run_state,
+                                      try_lock)
 from rl_plasticity.sweep.status import StatusBoard
 
 POLL_SECONDS = 0.2
