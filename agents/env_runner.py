@@ -34,7 +34,7 @@ class Episode:
 
 def find_schedule(env: gym.Env):
     """The NonstationaryPhysics wrapper inside env, or None for a stationary env."""
-    from rl_plasticity.envs import NonstationaryPhysics
+    from rl_plasticity.envs import NonstationaryPhysics  # here: importing envs loads mujoco (headless GL first)
 
     while isinstance(env, gym.Wrapper):
         if isinstance(env, NonstationaryPhysics):

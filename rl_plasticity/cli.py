@@ -7,6 +7,7 @@ import importlib
 import json
 import sys
 
+from rl_plasticity import __version__
 from rl_plasticity.bench import BENCHES
 from rl_plasticity.errors import UserError
 
@@ -52,7 +53,7 @@ def _add_compare(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    from rl_plasticity.problems.mujoco_env import BOUNDS
+    from rl_plasticity.problems.mujoco_env import BOUNDS  # here, not at the top: it loads gymnasium and mujoco
 
     bounds = "; ".join(f"{k.replace('_', ' ')} in [{lo:g}, {hi:g}]" for k, (lo, hi) in BOUNDS.items())
     p = sub.add_parser("evaluate", help="run a saved PPO policy on chosen physics; table, mp4 video, sweeps",
@@ -107,8 +108,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rl_plasticity import __version__
-
     parser = _Parser(prog="rl-plasticity", description=__doc__)
     parser.add_argument("--version", action="version", version=f"rl-plasticity {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rl_plasticity.config import read_yaml
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems import headline
 from rl_plasticity.run.rundir import CONFIG_FILE, INFO_FILE, atomic_write
@@ -82,8 +83,6 @@ def learner_of(run_dir: Path) -> str:
 
 
 def _problem_of(run_dir: Path) -> str | None:
-    from rl_plasticity.config import read_yaml
-
     try:
         return read_yaml(run_dir / CONFIG_FILE).get("problem")
     except UserError:
@@ -241,9 +240,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def main(args) -> int:
-    from rl_plasticity.compare.plot import (
-        plot_comparison,  # matplotlib only once there is something to plot
-    )
+    from rl_plasticity.compare.plot import plot_comparison  # matplotlib only once there is something to plot
 
     if args.bin is not None and args.bin < 1:
         raise UserError(f"--bin must be >= 1, got {args.bin}")

@@ -21,9 +21,10 @@ import numpy as np
 
 from rl_plasticity.errors import UserError
 from rl_plasticity.evaluate.saved_policy import load_policy
-from rl_plasticity.problems.mujoco_env import OPTION, Physics, phase_physics, physics
+from rl_plasticity.problems.mujoco_env import OPTION, Physics, phase_physics, physics, schedule_kind
 from rl_plasticity.problems.mujoco_eval import Evaluation, run_episodes
 from rl_plasticity.run.rundir import atomic_write
+from rl_plasticity.run.tblog import TBLogger
 from rl_plasticity.run.video import check_frame_size, write_mp4
 
 DEFAULT_VIDEO_SIZE = 480
@@ -113,8 +114,6 @@ def _targets(args, saved) -> tuple[list[Physics | None], bool]:
         return [physics("mass_scale", args.mass)], False
     if args.phase is not None:
         return [phase_physics(saved.cfg, saved.seed, args.phase)], False
-    from rl_plasticity.problems.mujoco_env import schedule_kind
-
     kind = schedule_kind(saved.cfg["env"]["id"])
     # Default: the physics the policy was training on when the checkpoint was taken.
     return [Physics(kind, saved.physics_value) if kind and saved.physics_value else None], False
@@ -176,8 +175,6 @@ def _write_sweep(args, saved, rows: list[Evaluation]) -> None:
 
 
 def _log_tensorboard(saved, rows: list[Evaluation]) -> None:
-    from rl_plasticity.run.tblog import TBLogger
-
     with TBLogger(saved.run_dir / "tb") as log:
         for r in rows:
             where = "" if len(rows) == 1 or r.physics is None else f"/{r.physics.label().replace(' ', '_')}"

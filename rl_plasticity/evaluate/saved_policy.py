@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rl_plasticity.errors import UserError
+from rl_plasticity.problems import resolve_config
 from rl_plasticity.problems.mujoco_eval import Policy
+from rl_plasticity.problems.mujoco_ppo import PPORun, config_differences
 from rl_plasticity.run.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
 from rl_plasticity.run.rundir import CONFIG_FILE, read_run_info
 
@@ -53,9 +55,6 @@ def locate(path: str | Path) -> tuple[Path, Path]:
 
 def load_policy(path: str | Path) -> SavedPolicy:
     """Read the policy of a run directory or checkpoint file; any mismatch is a UserError."""
-    from rl_plasticity.problems import resolve_config
-    from rl_plasticity.problems.mujoco_ppo import PPORun, config_differences
-
     ckpt, run_dir = locate(path)
     raw_cfg, _ = read_run_info(run_dir)
     if raw_cfg.get("problem") != "ppo":

@@ -19,7 +19,12 @@ from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 from rl_plasticity.errors import UserError
 from rl_plasticity.run.video import TRACKING_CAMERA, check_frame_size, use_headless_gl
 
-use_headless_gl()  # before anything imports mujoco
+use_headless_gl()  # before anything imports mujoco, hence the imports below it
+
+from rl_plasticity import envs  # noqa: E402
+from rl_plasticity.agents.env_runner import find_schedule  # noqa: E402
+from rl_plasticity.envs.physics import MassScaler, find_mujoco_model, set_sliding_friction  # noqa: E402
+from rl_plasticity.run.seeding import derive_seed  # noqa: E402
 
 KINDS = ("friction", "mass_scale")
 OPTION = {"friction": "--friction", "mass_scale": "--mass"}
@@ -60,8 +65,6 @@ def physics(kind: str, value: float) -> Physics:
 
 def can_make(env_id: str) -> bool:
     """Whether gymnasium can build `env_id` here (old ids registered for mujoco-py cannot)."""
-    import gymnasium as gym
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -74,11 +77,6 @@ def can_make(env_id: str) -> bool:
 def make_env(cfg: dict):
     """(env, episode step limit) for a resolved PPO config. The env has no time-limit or order
     wrappers: the runner counts episode steps itself, so that they are part of its saved state."""
-    import gymnasium as gym
-    from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
-
-    from rl_plasticity import envs
-
     env_cfg = cfg["env"]
     kwargs = dict(env_cfg["kwargs"])
     if env_cfg["id"] in envs.REGISTERED_IDS:
@@ -111,8 +109,6 @@ def make_env(cfg: dict):
 
 def schedule_kind(env_id: str) -> str | None:
     """The kind a registered non-stationary env schedules, None for a stationary env."""
-    from rl_plasticity import envs
-
     return {envs.FRICTION_ANT_ID: "friction", envs.MASS_ANT_ID: "mass_scale"}.get(env_id)
 
 
@@ -123,11 +119,6 @@ def make_eval_env(cfg: dict, target: Physics | None, render_size: int | None = N
     as the training runner does. With `render_size`, `env.render()` returns square RGB frames from
     the tracking camera.
     """
-    from rl_plasticity.envs.physics import (
-        MassScaler,
-        find_mujoco_model,
-        set_sliding_friction,
-    )
 
     cfg = copy.deepcopy(cfg)
     kwargs = dict(cfg["env"]["kwargs"])
@@ -157,16 +148,12 @@ def phase_physics(cfg: dict, seed: int, phase: int) -> Physics:
     seed, so starting a fresh env the same way and moving its schedule to the phase's first step
     gives the same value.
     """
-    from rl_plasticity.agents.env_runner import find_schedule
-    from rl_plasticity.envs import DEFAULT_CHANGE_EVERY
-    from rl_plasticity.run.seeding import derive_seed
-
     kind = schedule_kind(cfg["env"]["id"])
     if kind is None:
         raise UserError(f"--phase needs a run on a non-stationary env; {cfg['env']['id']!r} has one physics")
     if isinstance(phase, bool) or not isinstance(phase, int) or phase < 0:
         raise UserError(f"--phase must be an integer >= 0, got {phase!r}")
-    change_every = cfg["env"]["change_every"] or cfg["env"]["kwargs"].get("change_every", DEFAULT_CHANGE_EVERY)
+    change_every = cfg["env"]["change_every"] or cfg["env"]["kwargs"].get("change_every", envs.DEFAULT_CHANGE_EVERY)
     last = (cfg["total_steps"] - 1) // change_every  # no phase starts before step K * change_every
     if phase > last:
         raise UserError(f"--phase {phase} is beyond the run: its {cfg['total_steps']:,} steps in phases of "

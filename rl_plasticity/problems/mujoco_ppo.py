@@ -16,6 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -28,12 +29,15 @@ from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
-from rl_plasticity.problems.mujoco_env import can_make, make_env
+
+# envs comes through mujoco_env, which selects headless rendering before mujoco is first imported
+from rl_plasticity.problems.mujoco_env import can_make, envs, make_env
 from rl_plasticity.problems.mujoco_eval import PhaseEndEvaluation
 from rl_plasticity.run.loop import train_loop
 from rl_plasticity.run.rundir import atomic_write
 from rl_plasticity.run.seeding import derive_seed, generators
 from rl_plasticity.run.tblog import TBLogger, method_stat_tag
+from rl_plasticity.run.video import check_frame_size
 
 PHYSICS_CHARTS = {"friction": "charts/friction", "mass_scale": "charts/mass"}
 
@@ -117,10 +121,6 @@ RULES = {
 
 def check(cfg: dict) -> None:
     """Constraints that involve several keys or the installed envs."""
-    import gymnasium as gym
-
-    from rl_plasticity import envs
-
     env = cfg["env"]
     ours = env["id"] in envs.REGISTERED_IDS
     # Checked before any run directory exists: ids that gymnasium lists but cannot build here (Ant-v2
@@ -145,8 +145,6 @@ def check(cfg: dict) -> None:
         raise UserError(f"config key 'ppo.rollout_steps' ({p['rollout_steps']}) must be a multiple of "
                         f"'ppo.minibatch_size' ({p['minibatch_size']})")
     if cfg["eval"]["video"]:
-        from rl_plasticity.run.video import check_frame_size
-
         check_frame_size(cfg["eval"]["video_size"])
     if cfg["optimizer"]["name"] != "adam":
         raise UserError("config key 'optimizer.name' must be 'adam' for PPO (the paper's learners all use Adam)")

@@ -81,7 +81,7 @@ class TBLogger:
         """
         if frames is None or len(frames) == 0:
             return
-        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.compat.proto.summary_pb2 import Summary  # only runs that log videos load these
 
         from rl_plasticity.run.video import encode_gif
 
