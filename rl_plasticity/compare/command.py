@@ -126,7 +126,7 @@ def choose_metrics(runs: list[SeedRun], requested: list[str]) -> list[str]:
     available = sorted({tag for r in runs for tag in r.scalars})
     if not requested:
         problems = list(dict.fromkeys(r.problem for r in runs))
-        requested = [m for p in problems for m in (headline(p).metrics if headline(p) else [])]
+        requested = [m for p in problems for m in headline(p).metrics]
         if not requested:
             raise UserError(f"no default metric for problem(s) {', '.join(map(str, problems))}; "
                             f"pass --metric TAG; tags found: {_listing(available)}")
@@ -227,7 +227,7 @@ def learner_order(runs: list[SeedRun], paths: list[str]) -> list[str]:
 
 
 def x_label(runs: list[SeedRun]) -> str:
-    labels = {headline(r.problem).x_label if headline(r.problem) else "step" for r in runs}
+    labels = {headline(r.problem).x_label for r in runs}
     return labels.pop() if len(labels) == 1 else "step"
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rl_plasticity.core.methods import ContinualBackprop, ReDo, ShrinkPerturb
+from rl_plasticity.core.methods import METHODS, ContinualBackprop, ReDo, ShrinkPerturb
 from rl_plasticity.integrations.finder import build_groups
 from rl_plasticity.integrations.optim import unit_resetter
 
@@ -39,9 +39,6 @@ def _options(value, what: str) -> dict | None:
     if isinstance(value, dict):
         return dict(value)
     raise TypeError(f"{what} must be True, False/None or a dict of its options, got {value!r}")
-
-
-METHODS = {"cbp": ContinualBackprop, "redo": ReDo, "snp": ShrinkPerturb}
 
 
 def check_options(name: str, options: dict) -> None:

@@ -30,9 +30,9 @@ def problem_module(name):
     return importlib.import_module(PROBLEMS[name])
 
 
-def headline(name: str | None) -> Headline | None:
-    """The headline of a registered problem, None for anything else."""
-    return problem_module(name).HEADLINE if name in PROBLEMS else None
+def headline(name: str | None) -> Headline:
+    """The headline of a registered problem; for anything else, none: no default metrics, x axis "step"."""
+    return problem_module(name).HEADLINE if name in PROBLEMS else Headline(metrics=[], x_label="step")
 
 
 def resolve_config(raw: dict, overrides: list[str]) -> tuple[dict, object]:

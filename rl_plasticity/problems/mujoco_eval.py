@@ -123,6 +123,11 @@ def eval_seed(seed: int, phase: int) -> int:
     return int(np.random.SeedSequence([seed, _EVAL_STREAM, phase]).generate_state(1)[0])
 
 
+def _phase(state) -> int:
+    schedule = state.runner.schedule
+    return schedule.phase if schedule is not None else 0
+
+
 class PhaseEndEvaluation(Callback):
     """Evaluates the current policy on the physics of each phase once it ends, and at the run's end.
 
@@ -133,27 +138,22 @@ class PhaseEndEvaluation(Callback):
     """
 
     def at_start(self, state, log) -> None:
-        self.state, self.log = state, log
-        self.phase = self._phase()
-        self.value = state.runner.physics_value
+        self.phase, self.value = _phase(state), state.runner.physics_value
         self.start_steps = state.steps  # a finished run resumed again has nothing new to evaluate
 
-    def _phase(self) -> int:
-        schedule = self.state.runner.schedule
-        return schedule.phase if schedule is not None else 0
-
     def after_advance(self, state, log) -> None:
-        phase = self._phase()
+        phase = _phase(state)
         if phase != self.phase:
-            self._evaluate(self.phase, self.value)
-        self.phase, self.value = phase, self.state.runner.physics_value
+            self._evaluate(state, log, self.phase, self.value)
+        self.phase, self.value = phase, state.runner.physics_value
 
     def at_end(self, state, log) -> None:
-        if self.state.steps > self.start_steps:
-            self._evaluate(self.phase, self.state.runner.physics_value)
+        if state.steps > self.start_steps:
+            self._evaluate(state, log, self.phase, state.runner.physics_value)
 
-    def _evaluate(self, phase: int, value: float | None) -> None:
-        state, e = self.state, self.state.cfg["eval"]
+    @staticmethod
+    def _evaluate(state, log, phase: int, value: float | None) -> None:
+        e = state.cfg["eval"]
         kind = state.runner.physics_kind
         target = Physics(kind, value) if kind is not None and value is not None else None
         runner = state.runner
@@ -162,11 +162,11 @@ class PhaseEndEvaluation(Callback):
                               deterministic=e["deterministic"], video_size=e["video_size"] if e["video"] else None,
                               max_episode_steps=runner.max_episode_steps)
         step = state.steps
-        self.log.scalar("eval/return_mean", result.return_mean, step)
-        self.log.scalar("eval/return_se", None if math.isnan(result.return_se) else result.return_se, step)
-        self.log.scalar("eval/length_mean", result.length_mean, step)
-        self.log.scalar("eval/phase", phase, step)
+        log.scalar("eval/return_mean", result.return_mean, step)
+        log.scalar("eval/return_se", None if math.isnan(result.return_se) else result.return_se, step)
+        log.scalar("eval/length_mean", result.length_mean, step)
+        log.scalar("eval/phase", phase, step)
         if target is not None:
-            self.log.scalar(f"eval/{target.name}", target.value, step)
+            log.scalar(f"eval/{target.name}", target.value, step)
         if result.frames:
-            self.log.video("eval/video", result.frames, step, fps=result.fps)
+            log.video("eval/video", result.frames, step, fps=result.fps)

@@ -172,7 +172,6 @@ class PPORun:
         self.probe: torch.Tensor | None = None  # log.probe "first_rollout": raw observations of the first rollout
         self.returns: deque[float] = deque(maxlen=cfg["log"]["return_window"])
         self.nets = {"actor": self.agent.actor, "critic": self.agent.critic}
-        self._checkpoint_due = False
 
     @property
     def steps(self) -> int:
@@ -199,11 +198,7 @@ class PPORun:
         return episodes, losses, metrics
 
     # --- the run loop's protocol (rl_plasticity/run/loop.py)
-    @property
-    def step(self) -> int:
-        return self.runner.steps
-
-    tb_step = step
+    step = steps
 
     @property
     def total(self) -> int:
@@ -213,7 +208,9 @@ class PPORun:
         return self.steps >= self.total
 
     def should_checkpoint(self) -> bool:
-        return self._checkpoint_due
+        """Whether the latest rollout crossed a multiple of log.checkpoint_every."""
+        every = self.cfg["log"]["checkpoint_every"]
+        return self.steps // every != (self.steps - self.buffer.steps) // every
 
     def advance(self, log: TBLogger, bar=None) -> None:
         """One rollout and its update, logged: returns, losses, methods' statistics, and the plasticity
@@ -221,14 +218,12 @@ class PPORun:
         L = self.cfg["log"]
         start = time.perf_counter()
         measure = (self.steps + self.buffer.steps) // L["metrics_every"] != self.steps // L["metrics_every"]
-        checkpoints_before = self.steps // L["checkpoint_every"]
         try:
             episodes, losses, metrics = self.train_update(measure)
         except NonFiniteLoss as e:
             raise UserError(f"training diverged at step {self.steps} (update {self.updates + 1}): {e}; "
                             "no checkpoint was written for it - try a smaller optimizer.lr") from None
         step = self.steps
-        self._checkpoint_due = step // L["checkpoint_every"] != checkpoints_before
         for ep in episodes:
             log.scalar("charts/episodic_return", ep.ret, ep.step)
             log.scalar("charts/episodic_length", ep.length, ep.step)
@@ -265,7 +260,7 @@ class PPORun:
                 "agent": self.agent.state_dict(), "env": self.runner.state_dict(), "probe": self.probe,
                 "returns": list(self.returns)}
 
-    def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
+    def load_state_dict(self, sd: dict, source: str = "it") -> None:
         saved = json.loads(sd["config"])
         diff = config_differences(saved, self.cfg)
         if diff or sd["seed"] != self.seed:

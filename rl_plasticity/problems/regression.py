@@ -89,7 +89,7 @@ class RegressionRun:
         self.examples = 0
         self.error_sum = torch.zeros(len(seeds), dtype=torch.float64)
         self.bins: list[list[float]] = []  # per bin, the mean squared error of each seed
-        self.weight_change: WeightChange | None = None
+        self.weight_change = WeightChange(self.net.parameters())  # measured from the latest start or resume
 
     # --- the run loop's protocol (rl_plasticity/run/loop.py)
     @property
@@ -108,9 +108,6 @@ class RegressionRun:
 
     def advance(self, logs: SeedLogs, bar=None) -> None:
         """One phase of the stream; a bin's errors and the plasticity metrics when they are due."""
-        if self.weight_change is None:  # measured from where this process started (or resumed)
-            self.weight_change = WeightChange(self.net.parameters())
-
         def log_bin(errors: list[float]) -> None:
             logs.per_seed("charts/binned_error", errors, self.examples)
             if bar is not None:
@@ -152,6 +149,7 @@ class RegressionRun:
         self.examples = int(sd["examples"])
         self.error_sum.copy_(sd["error_sum"])
         self.bins = [list(b) for b in sd["bins"]]
+        self.weight_change = WeightChange(self.net.parameters())
 
 
 def summarize(bins: list[list[float]], bin_size: int, window: int = 200_000) -> dict:

@@ -160,9 +160,14 @@ def restore_latest(run_dir: str | Path, restore: Callable[[dict], None]) -> int 
     problems = []
     for step, path in reversed(list_checkpoints(run_dir)):
         try:
-            restore(load_checkpoint(path))
-        except UserError as e:
+            state = load_checkpoint(path)
+        except UserError as e:  # damaged or unreadable: the message names the file
             problems.append(str(e))
+            continue
+        try:
+            restore(state)
+        except UserError as e:  # the run refuses it (another configuration)
+            problems.append(f"checkpoint {path} does not fit this run: {e}")
             continue
         except _MISFIT as e:
             problems.append(f"checkpoint {path} does not fit this run ({type(e).__name__}: {e})")

@@ -28,7 +28,7 @@ def layout_for(problems: list[str]) -> dict:
     """The layout dict `SummaryWriter.add_custom_scalars` takes: {category: {title: ["Multiline", [regex]]}}."""
     learners = {}
     for problem in dict.fromkeys(problems):  # keep order, drop repeats
-        for title, regexes in headline(problem).charts if headline(problem) else []:
+        for title, regexes in headline(problem).charts:
             learners[title] = ["Multiline", regexes]
     return {"learners compared": learners,
             "plasticity (every net and layer)": {t: ["Multiline", r] for t, r in PLASTICITY_CHARTS}}

@@ -34,8 +34,9 @@ class PlasticityMethod:
 
     @classmethod
     def from_config(cls, section: dict, groups: list, params: list, optimizer, generators: list):
-        """The method built from its resolved, enabled section; None when it has nothing to act on."""
-        raise NotImplementedError
+        """The method built from its resolved, enabled section; None when it has nothing to act on.
+        This default suits methods that act on unit groups; a method on parameters overrides it."""
+        return cls(groups, optimizer, generators, **cls.options(section)) if groups else None
 
     @classmethod
     def check(cls, options: dict[str, Any]) -> None:

@@ -80,10 +80,6 @@ class ContinualBackprop(PlasticityMethod):
         # eligible, and the check needs no device sync (ages only grow, or drop to 0 on replacement).
         self._oldest = [0] * len(groups)
 
-    @classmethod
-    def from_config(cls, section, groups, params, optimizer, generators):
-        return cls(groups, optimizer, generators, **cls.options(section)) if groups else None
-
     def _bias_correction(self, age: torch.Tensor) -> torch.Tensor:
         return -torch.expm1(age * self.log_decay)  # 1 - d^age, accurate for small ages
 

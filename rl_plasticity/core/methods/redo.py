@@ -37,10 +37,6 @@ class ReDo(PlasticityMethod):
         self.steps = 0
         self.resets = [torch.zeros(g.replicas, dtype=torch.long, device=g.incoming.weight.device) for g in groups]
 
-    @classmethod
-    def from_config(cls, section, groups, params, optimizer, generators):
-        return cls(groups, optimizer, generators, **cls.options(section)) if groups else None
-
     @torch.no_grad()
     def after_step(self, learner=None) -> None:
         self.steps += 1
