@@ -73,7 +73,8 @@ class PPOAgent:
             for group in net.groups:
                 group.name = f"{net_name}/{group.name}"
         params = [*self.actor.parameters(), *self.critic.parameters(), self.log_std]
-        self.learner = build_learner(params, self.actor.groups + self.critic.groups, learner_cfg, method_generators)
+        self.learner = build_learner(params, self.actor.groups + self.critic.groups, learner_cfg, method_generators,
+                                     nets=[self.actor, self.critic])
         self.method_generators = method_generators
         self.minibatch_generator = minibatch_generator
         self._bind_numpy_policy()

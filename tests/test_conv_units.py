@@ -10,7 +10,7 @@ from rl_plasticity.core.conv import BatchNorm, ChannelGroup, Conv2d, flattened_c
 from rl_plasticity.core.convnet import ConvNet, LinearClassifier
 from rl_plasticity.core.layers import Linear
 from rl_plasticity.core.methods import ContinualBackprop, ReDo, ShrinkPerturb
-from rl_plasticity.core.methods.head_reset import HeadReset
+from rl_plasticity.core.methods.reset import Reset
 from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.core.optim import SGD, Adam
 from rl_plasticity.core.resnet import ResNet18
@@ -173,7 +173,7 @@ def test_head_reset_redraws_the_head_and_its_optimizer_state():
     opt = SGD(net.parameters(), lr=0.1, momentum=0.9)
     opt.step([torch.ones_like(p) for p in net.parameters()])
     old = net.head.weight.detach().clone()
-    reset = HeadReset(net.head, opt, [torch.Generator().manual_seed(5)])
+    reset = Reset([net], [], opt, [torch.Generator().manual_seed(5)], what="head")
     with torch.no_grad():
         net.head.bias += 1
     reset.on_task_switch()

@@ -43,12 +43,21 @@ def uniform_like(t: torch.Tensor, bound: float, generator: torch.Generator | Non
     return torch.empty(t.shape, dtype=t.dtype).uniform_(-bound, bound, generator=generator).to(t.device)
 
 
+def replica_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x [R, B, in] (or [B, in] with one replica) -> [R, B, out] (or [B, out])."""
+    if x.dim() == 2:  # [B, in] with a single replica: the plain (and fastest) path
+        return F.linear(x, weight[0], bias[0])
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
 class Linear(nn.Module):
     """Replica-batched linear layer whose weights come from U(+-bound) and biases start at 0
     (or from U(+-bias_bound) when bias_bound > 0, as in PyTorch's default init).
 
     The layer remembers its bound so that plasticity methods can redraw a unit's incoming weights
     from the layer's own init distribution (a redrawn unit's bias is 0, as in the official CBP).
+    `frozen` is None or a (weight, bias) pair of untrained tensors whose linear map is added to the output:
+    the function that plasticity injection freezes (core/methods/reset.py).
     """
 
     def __init__(self, in_features: int, out_features: int, bound: float, replicas: int = 1,
@@ -58,6 +67,7 @@ class Linear(nn.Module):
         self.bias_bound = bias_bound
         self.weight = nn.Parameter(torch.zeros(replicas, out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(replicas, out_features))
+        self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def sample_weights(self, rows: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Fresh incoming weights for `rows` units of one replica, from the layer's init distribution."""
@@ -76,9 +86,8 @@ class Linear(nn.Module):
             self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # [B, in] with a single replica: the plain (and fastest) path
-            return F.linear(x, self.weight[0], self.bias[0])
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+        out = replica_linear(x, self.weight, self.bias)
+        return out if self.frozen is None else out + replica_linear(x, *self.frozen)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, replicas={self.replicas}, bound={self.bound:.4g}"

@@ -66,6 +66,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
+    residual = True  # its `layers` (every conv and the head) do not form a chain: no "last k layers"
+
     def __init__(self, num_classes: int = 100, width: int = 64, in_channels: int = 3, groups: str = "inner"):
         super().__init__()
         if groups not in RESNET_GROUPS:

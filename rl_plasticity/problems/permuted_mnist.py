@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.layers import INITS
-from rl_plasticity.core.metrics import probe_metrics
+from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, net_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, MLP
 from rl_plasticity.datasets.mnist import EXPECTED, mnist
 from rl_plasticity.problems.headline import Headline
@@ -40,12 +40,12 @@ DEFAULTS = {
     "examples_per_task": None,  # None: one pass over the training images
     "net": {"hidden": [2000, 2000, 2000], "activation": "relu", "init": "kaiming"},
     **METHOD_DEFAULTS,
-    "log": {"chunk": 2000, "probe_size": 1000, "checkpoint_every_tasks": 1},
+    "log": {"chunk": 2000, "probe_size": 1000, "checkpoint_every_tasks": 1, **LOG_DEFAULTS},
 }
 DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "lr": 0.003}
 
 RULES = {
-    **METHOD_RULES, **DEVICE_RULE,
+    **METHOD_RULES, **DEVICE_RULE, **LOG_RULES,
     "tasks": Range(low=1),
     "examples_per_task": Range(low=1),
     "net.activation": OneOf(*ACTIVATIONS),
@@ -75,7 +75,9 @@ class PermutedMNISTRun:
         self.net.to(self.device)
         self.data_generators = generators(seeds, "data")
         self.method_generators = generators(seeds, "method")
-        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators)
+        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators,
+                                     nets=[self.net])
+        self.distance = DistanceFromInit(self.net)  # from the run's initial weights, kept in checkpoints
         self.examples, self.position = 0, 0  # examples so far; position inside the current task
         self.correct = torch.zeros(R, dtype=torch.long, device=self.device)
         self.accuracies: list[list[float]] = []  # per task, the online accuracy of each seed
@@ -134,8 +136,10 @@ class PermutedMNISTRun:
         step = self.examples
         logs.per_seed("charts/task_accuracy", acc, step)
         logs.per_seed("charts/task", [len(self.accuracies)] * len(acc), step)
-        probe, _ = self._inputs(0, min(self.cfg["log"]["probe_size"], self.per_task))
-        for name, values in probe_metrics(self.net, probe).items():
+        L = self.cfg["log"]
+        probe, _ = self._inputs(0, min(L["probe_size"], self.per_task))
+        for name, values in net_metrics(self.net, probe, self.learner.latest_gradients(), self.distance,
+                                        tau=L["dormant_tau"], grama_tau=L["grama_tau"]).items():
             logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
         logs.scalars({method_stat_tag(k, "net"): v for k, v in self.learner.stats().items()}, step)
         if bar is not None:
@@ -151,7 +155,8 @@ class PermutedMNISTRun:
                 "correct": self.correct.cpu(), "accuracies": self.accuracies,
                 "perms": self.perms.cpu(), "orders": self.orders.cpu(),
                 "data_generators": [g.get_state() for g in self.data_generators],
-                "method_generators": [g.get_state() for g in self.method_generators]}
+                "method_generators": [g.get_state() for g in self.method_generators],
+                "init_weights": self.distance.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
         self.learner.load_state_dict(sd["learner"])
@@ -163,6 +168,8 @@ class PermutedMNISTRun:
             g.set_state(s)
         for g, s in zip(self.method_generators, sd["method_generators"]):
             g.set_state(s)
+        if "init_weights" in sd:  # older checkpoints: the init rebuilt from the seeds, as this run made it
+            self.distance.load_state_dict(sd["init_weights"])
 
 
 def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dict:

@@ -14,7 +14,7 @@ import torch
 from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.layers import INITS
-from rl_plasticity.core.metrics import WeightChange, probe_metrics
+from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, WeightChange, net_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, MLP
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
@@ -36,11 +36,11 @@ DEFAULTS = {
                "flip_one": False},
     "net": {"hidden": [5], "activation": "relu", "init": "kaiming"},
     **METHOD_DEFAULTS,
-    "log": {"metrics_every": 20_000, "probe_size": 1000, "checkpoint_every": 100_000},
+    "log": {"metrics_every": 20_000, "probe_size": 1000, "checkpoint_every": 100_000, **LOG_DEFAULTS},
 }
 
 RULES = {
-    **METHOD_RULES,
+    **METHOD_RULES, **LOG_RULES,
     "examples": Range(low=0, low_open=True),
     "bin_size": Range(low=0, low_open=True),
     "stream.inputs": Range(low=1),
@@ -85,11 +85,13 @@ class RegressionRun:
                        replicas=len(seeds))
         self.net.reset_parameters(generators(seeds, "init"))
         self.method_generators = generators(seeds, "method")
-        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators)
+        self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators,
+                                     nets=[self.net])
         self.examples = 0
         self.error_sum = torch.zeros(len(seeds), dtype=torch.float64)
         self.bins: list[list[float]] = []  # per bin, the mean squared error of each seed
         self.weight_change = WeightChange(self.net.parameters())  # measured from the latest start or resume
+        self.distance = DistanceFromInit(self.net)  # from the run's initial weights, kept in checkpoints
 
     # --- the run loop's protocol (rl_plasticity/run/loop.py)
     @property
@@ -139,7 +141,7 @@ class RegressionRun:
     def state_dict(self) -> dict:
         return {"learner": self.learner.state_dict(), "stream": self.stream.state_dict(), "examples": self.examples,
                 "method_generators": [g.get_state() for g in self.method_generators],
-                "error_sum": self.error_sum.clone(), "bins": self.bins}
+                "error_sum": self.error_sum.clone(), "bins": self.bins, "init_weights": self.distance.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
         self.learner.load_state_dict(sd["learner"])
@@ -150,6 +152,8 @@ class RegressionRun:
         self.error_sum.copy_(sd["error_sum"])
         self.bins = [list(b) for b in sd["bins"]]
         self.weight_change = WeightChange(self.net.parameters())
+        if "init_weights" in sd:  # older checkpoints: the init rebuilt from the seeds, as this run made it
+            self.distance.load_state_dict(sd["init_weights"])
 
 
 def summarize(bins: list[list[float]], bin_size: int, window: int = 200_000) -> dict:
@@ -175,8 +179,9 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
 
 
 def _log_metrics(state: RegressionRun, probe: torch.Tensor, weight_change: WeightChange, logs: SeedLogs) -> None:
-    step = state.examples
-    for name, values in probe_metrics(state.net, probe).items():
+    step, L = state.examples, state.cfg["log"]
+    for name, values in net_metrics(state.net, probe, state.learner.latest_gradients(), state.distance,
+                                    tau=L["dormant_tau"], grama_tau=L["grama_tau"]).items():
         logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
     logs.per_seed("plasticity/net/weight_change", weight_change().tolist(), step)
     logs.scalars({method_stat_tag(k, "net"): v for k, v in state.learner.stats().items()}, step)

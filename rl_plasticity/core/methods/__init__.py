@@ -16,9 +16,10 @@ Then every problem's config has the new `<name>:` section, disabled, and `<name>
 it on (example configs are optional).
 """
 
-from rl_plasticity.core.methods.base import PlasticityMethod
+from rl_plasticity.core.methods.base import PlasticityMethod, Target
 from rl_plasticity.core.methods.cbp import ContinualBackprop
 from rl_plasticity.core.methods.redo import ReDo
+from rl_plasticity.core.methods.reset import Reset
 from rl_plasticity.core.methods.snp import ShrinkPerturb
 
 # Section name -> method class, in the order the learner applies the methods.
@@ -26,6 +27,7 @@ METHODS: dict[str, type[PlasticityMethod]] = {method.name: method for method in 
     ContinualBackprop,
     ReDo,
     ShrinkPerturb,
+    Reset,
 )}
 
-__all__ = ["METHODS", "PlasticityMethod", "ContinualBackprop", "ReDo", "ShrinkPerturb"]
+__all__ = ["METHODS", "PlasticityMethod", "Target", "ContinualBackprop", "ReDo", "ShrinkPerturb", "Reset"]

@@ -2,23 +2,44 @@
 
 The learner calls them in this order: `after_loss` (may add a penalty to the loss), the optimizer
 step, `after_step` (the latest activations are in each group's tap), and, when the problem says so,
-`after_epoch` (end of a rollout's update or a supervised epoch) and `on_task_switch`.
+`after_epoch` (end of a rollout's update or a supervised epoch) and `on_task_switch`. A method that
+re-initialises units calls `forget_units` of the others, so that they forget what they knew of them.
 
 A method also owns its config section, once: `name` (the section's key in a problem's config and the
 method's key in statistics and checkpoints), `defaults` (the section, `enabled: False` first; the
 constructor's keyword defaults read theirs from it), `rules` (Rules from rl_plasticity.config, keyed
 by the section's keys; the config validation and the constructor's checks both use them) and
-`from_config`, which builds the method from its resolved section.
+`from_config`, which builds the method from its resolved section and the `Target` it acts on.
 """
 
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from rl_plasticity.config import Rule
+
+
+@dataclass(eq=False)
+class Target:
+    """What a learner's methods act on.
+
+    params: every trained parameter (replica axis first); groups: the hidden-unit groups; optimizer: the
+    learner's optimizer (methods that re-initialise weights reset its state there); generators: one per
+    replica, for the methods' randomness; nets: the whole networks (PPO: actor and critic), for methods
+    that act on layers or on a network as a whole (each net has `reset_parameters(generators)` and `head`,
+    its output layer, and lists its layers in order in `layer_stack()` where it can).
+    """
+
+    params: list[nn.Parameter]
+    groups: list
+    optimizer: Any
+    generators: list[torch.Generator | None]
+    nets: list[nn.Module] = field(default_factory=list)
 
 
 class PlasticityMethod:
@@ -33,10 +54,12 @@ class PlasticityMethod:
         return {k: v for k, v in section.items() if k != "enabled"}
 
     @classmethod
-    def from_config(cls, section: dict, groups: list, params: list, optimizer, generators: list):
+    def from_config(cls, section: dict, target: Target):
         """The method built from its resolved, enabled section; None when it has nothing to act on.
         This default suits methods that act on unit groups; a method on parameters overrides it."""
-        return cls(groups, optimizer, generators, **cls.options(section)) if groups else None
+        if not target.groups:
+            return None
+        return cls(target.groups, target.optimizer, target.generators, **cls.options(section))
 
     @classmethod
     def check(cls, options: dict[str, Any]) -> None:
@@ -63,6 +86,9 @@ class PlasticityMethod:
 
     def on_task_switch(self, learner) -> None:
         pass
+
+    def forget_units(self, group, mask: torch.Tensor) -> None:
+        """Another method re-initialised the units of `group` in mask [R, U]: forget what this one knew of them."""
 
     def stats(self) -> dict[str, float]:
         """Counters worth logging, e.g. {'layer0/replacements': 3}."""

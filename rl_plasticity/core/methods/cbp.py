@@ -156,10 +156,17 @@ class ContinualBackprop(PlasticityMethod):
         if self.reset_optimizer_state:
             for pu in group.all_params():
                 self.optimizer.reset_units(pu, mask)
+        self.forget_units(group, mask)
+        self.replacements[i] += mask.sum(1)
+
+    def forget_units(self, group: UnitGroup, mask: torch.Tensor) -> None:
+        """A fresh unit has utility 0, mean activation 0 and age 0 (whichever method made it fresh)."""
+        i = next((i for i, g in enumerate(self.groups) if g is group), None)
+        if i is None:
+            return
         self.utility[i][mask] = 0
         self.mean_activation[i][mask] = 0
         self.age[i][mask] = 0
-        self.replacements[i] += mask.sum(1)
 
     def stats(self) -> dict[str, float]:
         return {f"{g.name}/replacements": float(self.replacements[i].float().mean())

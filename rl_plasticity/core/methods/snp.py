@@ -37,8 +37,8 @@ class ShrinkPerturb(PlasticityMethod):
         self.position = self.chunk_steps
 
     @classmethod
-    def from_config(cls, section, groups, params, optimizer, generators):
-        return cls(params, generators, **cls.options(section))
+    def from_config(cls, section, target):
+        return cls(target.params, target.generators, **cls.options(section))
 
     def _next_noise(self) -> list[torch.Tensor]:
         if self.position == self.chunk_steps:

@@ -1,0 +1,186 @@
+"""The reset family (core/methods/reset.py): which layers, when, the optimizer state, and injection."""
+
+import copy
+
+import pytest
+import torch
+
+from rl_plasticity.core.builders import METHOD_DEFAULTS, build_learner
+from rl_plasticity.core.convnet import ConvNet
+from rl_plasticity.core.methods import ContinualBackprop, Reset
+from rl_plasticity.core.networks import MLP
+from rl_plasticity.core.optim import Adam
+from rl_plasticity.core.resnet import ResNet18
+
+
+def mlp(replicas=1, seed=0, sizes=(3, 4, 4, 2)):
+    net = MLP(list(sizes), activation="relu", init="kaiming", replicas=replicas)
+    net.reset_parameters([torch.Generator().manual_seed(seed + r) for r in range(replicas)])
+    return net
+
+
+def gens(n=1, seed=7):
+    return [torch.Generator().manual_seed(seed + r) for r in range(n)]
+
+
+def train(net, opt, steps=3, seed=1, methods=(), learner=None):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(net.replicas, 5, net.layers[0].in_features, generator=g)
+        loss = net(x).square().sum()
+        opt.step(list(torch.autograd.grad(loss, list(net.parameters()))))
+        for m in methods:
+            m.after_step(learner)
+
+
+def snapshot(net):
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def test_head_reset_redraws_only_the_head_and_gives_it_a_fresh_adam_state():
+    net = mlp()
+    opt = Adam(net.parameters(), lr=0.01)
+    train(net, opt)
+    before = snapshot(net)
+    reset = Reset([net], net.groups, opt, gens(), what="head")
+    reset.on_task_switch()
+    head = net.layers[-1]
+    expected = torch.empty(2, 4).uniform_(-head.bound, head.bound, generator=gens()[0])
+    assert torch.equal(head.weight[0], expected) and torch.all(head.bias == 0)
+    for p, old in list(zip(net.parameters(), before))[:-2]:
+        assert torch.equal(p, old)  # the hidden layers are untouched
+    i = len(before) - 2  # the head's weight: Adam state of a fresh parameter
+    assert torch.all(opt.state["exp_avg"][i] == 0) and torch.all(opt.state["beta1_power"][i] == 1)
+    assert torch.any(opt.state["exp_avg"][0] != 0)  # the first layer's state is kept
+    # The head's next update equals a fresh Adam's on the same gradient.
+    grad = torch.randn_like(head.weight)
+    fresh = Adam([head.weight.detach().clone().requires_grad_()], lr=0.01)
+    fresh.step([grad])
+    grads = [torch.zeros_like(p) for p in net.parameters()]
+    grads[i] = grad
+    opt.step(grads)
+    assert torch.allclose(head.weight, fresh.params[0], atol=0, rtol=0)
+    assert reset.stats() == {"resets": 1.0}
+
+
+def test_zero_init_zeroes_the_head_and_steps_schedule_counts_optimizer_steps():
+    net = mlp()
+    opt = Adam(net.parameters(), lr=0.01)
+    reset = Reset([net], net.groups, opt, gens(), what="head", init="zero", when="steps", every=3)
+    train(net, opt, steps=2, methods=[reset])
+    assert reset.resets == 0 and torch.any(net.layers[-1].weight != 0)
+    train(net, opt, steps=1, methods=[reset])
+    assert reset.resets == 1 and torch.all(net.layers[-1].weight == 0) and torch.all(net.layers[-1].bias == 0)
+    reset.on_task_switch()  # when=steps: task switches do nothing
+    train(net, opt, steps=3, methods=[reset])
+    assert reset.resets == 2
+
+
+def test_last_layers_resets_the_last_k_and_cbp_forgets_their_units():
+    net = mlp()
+    opt = Adam(net.parameters(), lr=0.01)
+    cbp = ContinualBackprop(net.groups, opt, gens(), replacement_rate=0.0, maturity_threshold=1)
+    reset = Reset([net], net.groups, opt, gens(), what="last_layers", last_layers=2)
+    learner = type("L", (), {"methods": [cbp, reset]})()
+    train(net, opt, steps=4, methods=[cbp], learner=learner)
+    assert all(torch.all(a == 4) for a in cbp.age)
+    first = [p.detach().clone() for p in net.layers[0].parameters()]
+    second = [p.detach().clone() for p in net.layers[1].parameters()]
+    reset.apply(learner)
+    assert all(torch.equal(p, q) for p, q in zip(net.layers[0].parameters(), first))
+    assert not torch.equal(net.layers[1].weight, second[0])
+    # Group 1's units are computed by layer 1 (reset): CBP starts them afresh; group 0's are untouched.
+    assert torch.all(cbp.age[0] == 4) and torch.all(cbp.age[1] == 0) and torch.all(cbp.utility[1] == 0)
+
+
+def test_network_reset_equals_a_fresh_network_with_fresh_optimizer_state():
+    net = ResNet18(num_classes=5, width=2)
+    net.reset_parameters(gens(seed=0))
+    opt = Adam(net.parameters(), lr=0.01)
+    x = torch.randn(4, 3, 32, 32)
+    net.train()
+    loss = net(x).square().sum()
+    opt.step(list(torch.autograd.grad(loss, list(net.parameters()))))
+    Reset([net], net.groups, opt, gens(seed=3), what="network").apply()
+    fresh = ResNet18(num_classes=5, width=2)
+    fresh.reset_parameters(gens(seed=3))
+    for (name, a), b in zip(net.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name  # weights and batch-norm statistics alike
+    assert all(torch.all(t == 0) for t in opt.state["exp_avg"])
+    assert all(torch.all(t == 1) for t in opt.state["beta2_power"])
+
+
+def test_injection_keeps_the_output_then_learns_with_a_fresh_head():
+    net = mlp(replicas=2)
+    opt = Adam(net.parameters(), lr=0.01)
+    train(net, opt)
+    x = torch.randn(2, 6, 3)
+    before = net(x).detach()
+    head = net.layers[-1]
+    old_weight = head.weight.detach().clone()
+    reset = Reset([net], net.groups, opt, gens(2), what="injection")
+    reset.apply()
+    assert torch.allclose(net(x), before, atol=1e-6)  # h_old + h_new - h_new0 = h_old at injection
+    assert not torch.equal(head.weight, old_weight) and head.frozen is not None
+    assert all(not t.requires_grad for t in head.frozen)
+    train(net, opt, steps=2)
+    after_training = net(x).detach()
+    reset.apply()  # a second injection adds to the frozen map and keeps the output again
+    assert torch.allclose(net(x), after_training, atol=1e-6)
+
+    # Checkpoint round trip: the frozen map travels in the method's state.
+    saved_params, saved_reset = snapshot(net), copy.deepcopy(reset.state_dict())
+    other = mlp(replicas=2, seed=5)
+    with torch.no_grad():
+        for p, q in zip(other.parameters(), saved_params):
+            p.copy_(q)
+    restored = Reset([other], other.groups, Adam(other.parameters(), lr=0.01), gens(2), what="injection")
+    restored.load_state_dict(saved_reset)
+    assert torch.equal(other(x), net(x)) and restored.resets == 2
+
+
+def test_injection_replicas_are_independent():
+    both = mlp(replicas=2)
+    alone = [mlp(replicas=1, seed=r) for r in range(2)]
+    Reset([both], both.groups, Adam(both.parameters(), lr=0.01), gens(2), what="injection").apply()
+    for r, net in enumerate(alone):
+        Reset([net], net.groups, Adam(net.parameters(), lr=0.01), gens(1, seed=7 + r), what="injection").apply()
+        assert torch.equal(both.layers[-1].weight[r], net.layers[-1].weight[0])
+        assert torch.equal(both.layers[-1].frozen[0][r], net.layers[-1].frozen[0][0])
+
+
+def test_reset_from_config_through_build_learner_and_the_task_switch_hook():
+    net = mlp()
+    cfg = copy.deepcopy(METHOD_DEFAULTS)
+    cfg["reset"].update(enabled=True, what="head", init="zero")
+    learner = build_learner(net.parameters(), net.groups, cfg, gens(), nets=[net])
+    assert [m.name for m in learner.methods] == ["reset"]
+    learner.task_switch()
+    assert torch.all(net.layers[-1].weight == 0) and learner.stats() == {"reset/resets": 1.0}
+
+
+@pytest.mark.parametrize("net, options, message", [
+    (lambda: ResNet18(num_classes=5, width=2), {"what": "last_layers"}, "whose layers form a chain"),
+    (lambda: mlp(), {"what": "last_layers", "last_layers": 4}, "exceeds the 3 layers"),
+    (lambda: mlp(), {"what": "network", "init": "zero"}, "init=fresh"),
+    (lambda: mlp(), {"what": "sideways"}, "reset what must be one of"),
+    (lambda: mlp(), {"every": 0}, "reset every must be >= 1"),
+])
+def test_bad_options_are_refused_with_a_clear_message(net, options, message):
+    net = net()
+    with pytest.raises(ValueError, match=message):
+        Reset([net], net.groups, Adam(net.parameters(), lr=0.01), gens(), **options)
+
+
+def test_reset_needs_the_networks():
+    net = mlp()
+    with pytest.raises(ValueError, match="nets="):
+        Reset([], net.groups, Adam(net.parameters(), lr=0.01), gens())
+
+
+def test_convnet_last_layers_resets_its_fc_layers():
+    net = ConvNet(2, channels=(2, 2, 2), hidden=(4, 4))
+    net.reset_parameters(gens(seed=0))
+    convs = [p.detach().clone() for p in net.convs.parameters()]
+    Reset([net], net.groups, Adam(net.parameters(), lr=0.01), gens(), what="last_layers", last_layers=2).apply()
+    assert all(torch.equal(p, q) for p, q in zip(net.convs.parameters(), convs))
