@@ -1,6 +1,7 @@
 """The reset family (core/methods/reset.py): which layers, when, the optimizer state, and injection."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from rl_plasticity.core.methods import ContinualBackprop, Reset
 from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.optim import Adam
 from rl_plasticity.core.resnet import ResNet18
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def mlp(replicas=1, seed=0, sizes=(3, 4, 4, 2)):
@@ -184,3 +187,27 @@ def test_convnet_last_layers_resets_its_fc_layers():
     convs = [p.detach().clone() for p in net.convs.parameters()]
     Reset([net], net.groups, Adam(net.parameters(), lr=0.01), gens(), what="last_layers", last_layers=2).apply()
     assert all(torch.equal(p, q) for p, q in zip(net.convs.parameters(), convs))
+
+
+def test_regression_signals_each_bit_flip_to_the_methods_only_when_asked():
+    from rl_plasticity.config import read_yaml
+    from rl_plasticity.problems import resolve_config
+    from rl_plasticity.problems.regression import RegressionRun
+
+    small = ["stream.change_every=500", "bin_size=500", "examples=1500", "log.metrics_every=500",
+             "log.probe_size=100", "log.checkpoint_every=500", "reset.enabled=true"]
+    for signal, resets in ((False, 0), (True, 3)):
+        cfg, _ = resolve_config(read_yaml(ROOT / "configs/regression/bp.yaml"),
+                                [*small, f"stream.signal_task_switch={str(signal).lower()}"])
+        run = RegressionRun(cfg, [0, 1])
+        while not run.done():
+            run.advance(_NoLogs())
+        assert run.learner.methods[-1].resets == resets
+
+
+class _NoLogs:
+    def per_seed(self, *a):
+        pass
+
+    def scalars(self, *a):
+        pass

@@ -32,8 +32,9 @@ DEFAULTS = {
     "problem": "regression",
     "examples": 1_000_000,
     "bin_size": 20_000,
+    # signal_task_switch: call the methods' task-switch hook at every bit flip (off: the learner is not told)
     "stream": {"inputs": 20, "slow_bits": 15, "change_every": 10_000, "target_hidden": 100, "beta": 0.7,
-               "flip_one": False},
+               "flip_one": False, "signal_task_switch": False},
     "net": {"hidden": [5], "activation": "relu", "init": "kaiming"},
     **METHOD_DEFAULTS,
     "log": {"metrics_every": 20_000, "probe_size": 1000, "checkpoint_every": 100_000, **LOG_DEFAULTS},
@@ -116,6 +117,8 @@ class RegressionRun:
                 bar.set_postfix(error=f"{sum(errors) / len(errors):.3f}")
 
         X = self.train_chunk(on_bin=log_bin)
+        if self.cfg["stream"]["signal_task_switch"]:  # the next chunk starts after a bit flip
+            self.learner.task_switch()
         L = self.cfg["log"]
         if self.examples % L["metrics_every"] == 0:
             _log_metrics(self, X[:, :L["probe_size"]], self.weight_change, logs)
