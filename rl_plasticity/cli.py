@@ -9,6 +9,7 @@ import sys
 
 from rl_plasticity import __version__
 from rl_plasticity.bench import BENCHES
+from rl_plasticity.compare import options as compare_options
 from rl_plasticity.errors import UserError
 
 
@@ -42,13 +43,15 @@ def _add_sweep(sub) -> None:
 
 
 def _add_compare(sub) -> None:
-    p = sub.add_parser("compare", help="plot learners' mean +- standard error across seeds from TensorBoard logs")
+    p = sub.add_parser("compare", help="plot learners across seeds (mean +- standard error, or IQM or mean with a "
+                       "bootstrap CI) from TensorBoard logs")
     p.add_argument("paths", nargs="+", metavar="SWEEP_DIR_OR_RUN", help="sweep directories or run directories")
     p.add_argument("--metric", action="extend", nargs="+", default=[], metavar="TAG",
                    help="TensorBoard tags to plot, one panel each; globs allowed (plasticity/*/dormant_fraction); "
                         "several after one --metric or one per --metric; default: the problem's headline number")
     p.add_argument("--bin", type=int, metavar="SIZE", help="bin width in steps (default: about 100 bins)")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg, .eps); the binned table goes beside it as .csv")
+    compare_options.add_arguments(p)  # --stat, --bootstrap-samples
     p.set_defaults(func=lambda args: importlib.import_module("rl_plasticity.compare.command").main(args))
 
 

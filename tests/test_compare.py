@@ -1,11 +1,13 @@
 """Comparison plots: the binned table equals the numbers in the event files; runs are grouped by learner;
-physics changes are found; bad input names what exists."""
+physics changes are found; --stat picks mean +- SE, IQM or mean with a bootstrap CI and every output names it;
+bad input names what exists."""
 
 import csv
 import math
 import statistics
 from pathlib import Path
 
+import matplotlib
 import matplotlib.image
 import pytest
 from sweeps import LEARNERS, finished_local_sweep
@@ -149,3 +151,99 @@ def test_metric_takes_several_tags_after_one_flag_and_repeated_flags():
 
     args = build_parser().parse_args(["compare", "sweep", "--metric", "a", "b/*", "--metric", "c", "--out", "f.png"])
     assert args.metric == ["a", "b/*", "c"] and args.paths == ["sweep"]
+
+
+# One learner with 8 seeds (bin 10 holds the hand-checked IQM case) and one with a single seed.
+EIGHT_SEEDS = [1.0, 2.0, 3.0, 4.0, 100.0, 5.0, 6.0, 7.0]
+
+
+def stat_runs(root: Path) -> Path:
+    fake_run(root / "cbp", "c/cbp.yaml", "regression",
+             {f"seed_{k}": {"charts/binned_error": [(10, v), (20, v + k)]} for k, v in enumerate(EIGHT_SEEDS)})
+    fake_run(root / "bp", "c/bp.yaml", "regression", {"seed_0": {"charts/binned_error": [(10, 3.0), (20, 4.0)]}})
+    return root
+
+
+def run_compare(tmp_path, *argv, name="fig.png"):
+    fig = tmp_path / name
+    assert cli_main(["compare", str(tmp_path / "runs"), "--bin", "10", "--out", str(fig), *argv]) == 0
+    return fig, read_csv(fig.with_suffix(".csv"))
+
+
+@pytest.mark.filterwarnings("error")  # one seed gives no interval, and no NaN warning either
+def test_iqm_ci_on_event_files(tmp_path, capsys):
+    stat_runs(tmp_path / "runs")
+    fig, rows = run_compare(tmp_path, "--stat", "iqm-ci", "--bootstrap-samples", "200")
+    check_png(fig)
+    assert list(rows[0]) == ["metric", "learner", "bin_start", "bin_end", "iqm", "ci95_low", "ci95_high", "n_runs"]
+    got = {(r["learner"], r["bin_end"]): r for r in rows}
+    cbp10, cbp20 = got[("cbp", "10")], got[("cbp", "20")]
+    assert float(cbp10["iqm"]) == 4.5 and cbp10["n_runs"] == "8"  # mean of 3, 4, 5, 6: the outlier is cut
+    assert float(cbp20["iqm"]) == statistics.mean(sorted(v + k for k, v in enumerate(EIGHT_SEEDS))[2:6])
+    for r in (cbp10, cbp20):
+        assert float(r["ci95_low"]) <= float(r["iqm"]) <= float(r["ci95_high"])
+        assert float(r["ci95_low"]) < float(r["ci95_high"])
+    bp10 = got[("bp", "10")]
+    assert float(bp10["iqm"]) == 3.0 and math.isnan(float(bp10["ci95_low"])) and math.isnan(float(bp10["ci95_high"]))
+    out, err = capsys.readouterr()
+    assert "last bin, IQM [95% bootstrap CI]:" in out
+    assert f"4.5 [{float(cbp10['ci95_low']):.4g}, {float(cbp10['ci95_high']):.4g}]" not in out  # last bin is 20
+    assert "  bp               4  (n=1" in out  # the value alone, no interval
+    notes = [line for line in err.splitlines() if "one seed run" in line]
+    assert notes == ["note: one seed run gives no 95% bootstrap CI: bp is shown without a band where n=1"]
+    # Repeatable: the bootstrap's seed is fixed.
+    _, again = run_compare(tmp_path, "--stat", "iqm-ci", "--bootstrap-samples", "200", name="again.png")
+    assert again == rows
+
+
+def test_mean_ci_brackets_the_mean(tmp_path):
+    stat_runs(tmp_path / "runs")
+    _, rows = run_compare(tmp_path, "--stat", "mean-ci", "--bootstrap-samples", "200")
+    assert list(rows[0])[4:] == ["mean", "ci95_low", "ci95_high", "n_runs"]
+    cbp10 = next(r for r in rows if r["learner"] == "cbp" and r["bin_end"] == "10")
+    assert float(cbp10["mean"]) == statistics.mean(EIGHT_SEEDS)
+    # The outlier makes the mean's interval far wider than the IQM's.
+    assert float(cbp10["ci95_low"]) < statistics.mean(EIGHT_SEEDS) < float(cbp10["ci95_high"])
+    assert float(cbp10["ci95_high"]) - float(cbp10["ci95_low"]) > 20
+
+
+def test_mean_se_is_the_default_and_unchanged(tmp_path):
+    stat_runs(tmp_path / "runs")
+    run_compare(tmp_path, name="default.png")
+    run_compare(tmp_path, "--stat", "mean-se", name="explicit.png")
+    assert (tmp_path / "default.csv").read_bytes() == (tmp_path / "explicit.csv").read_bytes()
+    rows = read_csv(tmp_path / "default.csv")
+    cbp10 = next(r for r in rows if r["learner"] == "cbp" and r["bin_end"] == "10")
+    assert float(cbp10["mean"]) == statistics.mean(EIGHT_SEEDS)
+    assert float(cbp10["se"]) == pytest.approx(statistics.stdev(EIGHT_SEEDS) / math.sqrt(8), rel=1e-12)
+
+
+@pytest.mark.parametrize("stat, words", [
+    ("mean-se", ["line: mean, band: +-1 standard error", "mean +- 1 standard error over seeds"]),
+    ("iqm-ci", ["line: IQM, band: 95% bootstrap CI", "interquartile mean (middle 50% of seeds)",
+                "95% percentile-bootstrap CI (200 resamples, seed 0)"]),
+    ("mean-ci", ["line: mean, band: 95% bootstrap CI", "mean over seeds; band: 95% percentile-bootstrap CI"]),
+])
+def test_figure_names_its_statistic(tmp_path, stat, words):
+    stat_runs(tmp_path / "runs")
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # keep the figure's text as text
+        fig, _ = run_compare(tmp_path, "--stat", stat, "--bootstrap-samples", "200", name="fig.svg")
+    svg = fig.read_text()
+    for w in words:
+        assert w in svg
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--stat", "median"], ["--stat", "invalid choice: 'median'", "mean-se", "iqm-ci", "mean-ci"]),
+    (["--stat", "iqm-ci", "--bootstrap-samples", "5"], ["--bootstrap-samples", "at least 100"]),
+    (["--bootstrap-samples", "many"], ["--bootstrap-samples", "whole number"]),
+])
+def test_bad_stat_options_are_argparse_errors(tmp_path, capsys, argv, words):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["compare", str(tmp_path), "--out", str(tmp_path / "fig.png"), *argv])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and line.startswith("rl-plasticity: error:")
+    for w in words:
+        assert w in line
+    assert not (tmp_path / "fig.png").exists()

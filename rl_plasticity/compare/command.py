@@ -1,4 +1,4 @@
-"""`rl-plasticity compare`: learners side by side, mean +- standard error across seeds, from TensorBoard logs.
+"""`rl-plasticity compare`: learners side by side across seeds, from TensorBoard logs.
 
 A "seed run" is one folder of event files: `RUN/tb/` for a one-seed run (ppo), each `RUN/tb/seed_<k>/`
 for a run that batches seeds (regression; its `tb/mean/` is skipped, it is not a seed). Runs are grouped
@@ -8,7 +8,8 @@ run was started from (run.json), else the run folder's name.
 Binning: a value logged at step s falls in the bin (start, start + SIZE] holding s (step 0 in the
 first), since a number logged at step s describes the steps up to s. Each seed run's values in a bin
 are averaged first, so a run that logs more often (more episodes) does not weigh more; the learner's
-mean and standard error (sample std / sqrt(n)) are then taken over its seed runs.
+summary (--stat: mean +- standard error, IQM or mean with a bootstrap CI; see summary.py) is then taken
+over its seed runs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rl_plasticity.compare.summary import SeedSummary
 from rl_plasticity.config import read_yaml
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems import headline
@@ -34,7 +36,7 @@ from rl_plasticity.run.tblog import read_scalars
 
 PHYSICS_TAGS = ("charts/friction", "charts/mass")
 FIGURE_FORMATS = ("png", "pdf", "svg", "eps")  # matplotlib writes these itself
-CSV_FIELDS = ("metric", "learner", "bin_start", "bin_end", "mean", "se", "n_runs")
+BIN_FIELDS = ("metric", "learner", "bin_start", "bin_end")  # then the statistic's columns, then n_runs
 _SEED_DIR = re.compile(r"^seed_\d+$")
 _SKIPPED_LOGS = {"mean"}  # a batched run's mean over seeds is not a seed
 
@@ -174,8 +176,10 @@ def bin_index(steps: np.ndarray, size: int) -> np.ndarray:
     return np.maximum(np.ceil(steps / size).astype(np.int64) - 1, 0)
 
 
-def binned_table(runs: list[SeedRun], metric: str, size: int, learners: list[str]) -> list[dict]:
-    """Rows of CSV_FIELDS for one metric: per learner and bin, mean and standard error over seed runs."""
+def binned_table(runs: list[SeedRun], metric: str, size: int, learners: list[str],
+                 summary: SeedSummary | None = None) -> list[dict]:
+    """Rows of csv_fields(summary) for one metric: per learner and bin, the summary over seed runs."""
+    summary = summary or SeedSummary()
     rows = []
     for learner in learners:
         per_bin: dict[int, list[float]] = {}
@@ -186,9 +190,8 @@ def binned_table(runs: list[SeedRun], metric: str, size: int, learners: list[str
                 per_bin.setdefault(int(b), []).append(float(values[idx == b].mean()))
         for b in sorted(per_bin):
             v = np.array(per_bin[b])
-            se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
             rows.append({"metric": metric, "learner": learner, "bin_start": b * size, "bin_end": (b + 1) * size,
-                         "mean": float(v.mean()), "se": se, "n_runs": len(v)})
+                         **summary.summarise(v), "n_runs": len(v)})
     return rows
 
 
@@ -231,9 +234,14 @@ def x_label(runs: list[SeedRun]) -> str:
     return labels.pop() if len(labels) == 1 else "step"
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def csv_fields(summary: SeedSummary) -> tuple[str, ...]:
+    """mean-se: ... mean, se, n_runs; iqm-ci: ... iqm, ci95_low, ci95_high, n_runs; mean-ci likewise with mean."""
+    return (*BIN_FIELDS, *summary.columns, "n_runs")
+
+
+def write_csv(path: Path, rows: list[dict], summary: SeedSummary) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=csv_fields(summary), lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
     atomic_write(path, buf.getvalue())
@@ -264,28 +272,40 @@ def main(args) -> int:
         missing = [r.name for r in runs if metric not in r.scalars]
         if missing:
             print(f"note: {len(missing)} of {len(runs)} runs have no {metric} (e.g. {missing[0]})", file=sys.stderr)
+    summary = SeedSummary(args.stat, args.bootstrap_samples)
     # One width for every panel, so the panels' points line up.
     width = args.bin or max(default_bin(runs, metric) for metric in metrics)
-    tables = {metric: binned_table(runs, metric, width, learners) for metric in metrics}
+    tables = {metric: binned_table(runs, metric, width, learners, summary) for metric in metrics}
+    _note_single_seeds(tables, learners, summary)
     changes = physics_changes(runs)
     counts = {learner: sum(r.learner == learner for r in runs) for learner in learners}
-    atomic_write(out, plot_comparison(tables, learners, counts, changes, x_label(runs), fmt=out.suffix.lower()[1:]))
+    atomic_write(out, plot_comparison(tables, learners, counts, changes, x_label(runs), summary,
+                                      fmt=out.suffix.lower()[1:]))
     csv_path = out.with_suffix(".csv")
-    write_csv(csv_path, [row for metric in metrics for row in tables[metric]])
-    print(_report(tables, learners, width))
+    write_csv(csv_path, [row for metric in metrics for row in tables[metric]], summary)
+    print(_report(tables, learners, width, summary))
     print(f"wrote {out} and {csv_path}")
     return 0
 
 
-def _report(tables: dict, learners: list[str], width: int) -> str:
+def _note_single_seeds(tables: dict, learners: list[str], summary: SeedSummary) -> None:
+    """Say once which learners have bins with one seed run: there the spread is undefined and no band is drawn."""
+    alone = [x for x in learners
+             if any(r["learner"] == x and r["n_runs"] == 1 for rows in tables.values() for r in rows)]
+    if alone:
+        print(f"note: one seed run gives no {summary.spread}: {', '.join(alone)} "
+              f"{'is' if len(alone) == 1 else 'are'} shown without a band where n=1", file=sys.stderr)
+
+
+def _report(tables: dict, learners: list[str], width: int, summary: SeedSummary) -> str:
     """The last bin of each metric per learner, as a quick look without opening the figure."""
     lines = []
     for metric, rows in tables.items():
-        lines.append(f"{metric} (bins of {width:,} steps), last bin:")
+        lines.append(f"{metric} (bins of {width:,} steps), last bin, {summary.label}:")
         for learner in learners:
             mine = [r for r in rows if r["learner"] == learner]
             if mine:
                 r = mine[-1]
-                se = "" if math.isnan(r["se"]) else f" +- {r['se']:.4g}"
-                lines.append(f"  {learner:<16} {r['mean']:.4g}{se}  (n={r['n_runs']}, steps {r['bin_start']:,}-{r['bin_end']:,})")
+                lines.append(f"  {learner:<16} {summary.format(r)}  (n={r['n_runs']}, "
+                             f"steps {r['bin_start']:,}-{r['bin_end']:,})")
     return "\n".join(lines)

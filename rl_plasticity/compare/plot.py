@@ -1,23 +1,28 @@
-"""The comparison figure: one panel per metric on a shared x axis, a mean line and a +-1 standard-error
-band per learner, dashed lines where the physics changed."""
+"""The comparison figure: one panel per metric on a shared x axis, per learner a line and a band (mean +-1
+standard error, or IQM or mean with a bootstrap CI: the --stat summary, named in the legend's title and the
+footnote), dashed lines where the physics changed."""
 
 from __future__ import annotations
 
 import io
-import math
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from rl_plasticity.compare.summary import SeedSummary  # noqa: E402
+
 PHYSICS_STYLE = {"color": "0.55", "linestyle": "--", "linewidth": 0.8, "zorder": 0}
 
 
 def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: dict[str, int],
-                    changes: dict[str, list[int]], xlabel: str, fmt: str = "png") -> bytes:
+                    changes: dict[str, list[int]], xlabel: str, summary: SeedSummary | None = None,
+                    fmt: str = "png") -> bytes:
     """Render the figure and return the file's bytes (written atomically by the caller)."""
+    summary = summary or SeedSummary()
     colors = plt.get_cmap("tab10").colors
     n = len(tables)
     fig, axes = plt.subplots(n, 1, sharex=True, squeeze=False, figsize=(7.5, 2.3 * n + 1.0))
@@ -31,13 +36,12 @@ def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: 
             if not mine:
                 continue
             x = [r["bin_end"] for r in mine]
-            mean = [r["mean"] for r in mine]
-            se = [0.0 if math.isnan(r["se"]) else r["se"] for r in mine]
+            center = [r[summary.center] for r in mine]
+            low, high = np.array([summary.band(r) for r in mine]).T  # NaN where one seed run gives no band
             color = colors[i % len(colors)]
-            ax.plot(x, mean, color=color, linewidth=1.6, marker="o" if len(x) <= 3 else None, markersize=4,
+            ax.plot(x, center, color=color, linewidth=1.6, marker="o" if len(x) <= 3 else None, markersize=4,
                     label=f"{learner} (n={counts.get(learner, 0)})")
-            ax.fill_between(x, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
-                            color=color, alpha=0.22, linewidth=0)
+            ax.fill_between(x, low, high, where=~np.isnan(low), color=color, alpha=0.22, linewidth=0)
         for kind, steps in changes.items():
             for j, step in enumerate(steps):
                 ax.axvline(step, label=f"{kind} change" if j == 0 else None, **PHYSICS_STYLE)
@@ -48,11 +52,13 @@ def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: 
     axes[-1].set_xlabel(xlabel)
     axes[-1].xaxis.set_major_formatter(FuncFormatter(_short_number))
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False, fontsize=9)
-    fig.text(0.99, 0.005, "mean +- 1 standard error over seeds; bins that fewer than half of a learner's seeds "
-             "reached are left out (they are in the CSV)", ha="right", va="bottom", fontsize=7, color="0.4")
-    top = 1 - 0.42 * (1 + (len(labels) - 1) // 4) / fig.get_figheight()  # room for the legend rows
-    fig.tight_layout(rect=(0, 0.02, 1, top))
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False, fontsize=9,
+               title=summary.legend_title, title_fontsize=8)
+    fig.text(0.99, 0.005, f"{summary.description}\nbins that fewer than half of a learner's seeds reached are left "
+             "out (they are in the CSV)", ha="right", va="bottom", fontsize=7, color="0.4")
+    height = fig.get_figheight()
+    top = 1 - (0.18 + 0.42 * (1 + (len(labels) - 1) // 4)) / height  # room for the legend's title and rows
+    fig.tight_layout(rect=(0, 0.3 / height, 1, top))  # and for the two-line footnote
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=150)
     plt.close(fig)
