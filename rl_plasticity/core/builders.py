@@ -23,8 +23,8 @@ from rl_plasticity.core.learner import Learner
 from rl_plasticity.core.methods import METHODS, Target
 from rl_plasticity.core.optim import COMMON_RULES, SGD, Adam, Optimizer
 from rl_plasticity.core.step_size import IDBD, Autostep
-from rl_plasticity.core.upgd import UPGD
 from rl_plasticity.core.units import UnitGroup
+from rl_plasticity.core.upgd import UPGD
 
 # `optimizer.name` -> optimizer class.
 OPTIMIZERS: dict[str, type[Optimizer]] = {optimizer.name: optimizer for optimizer in (

@@ -18,11 +18,15 @@ class Learner:
         self.params = list(params)
         self.optimizer = optimizer
         self.methods = list(methods)
+        # The latest update's loss gradients, in params order: a reference kept for gradient metrics,
+        # never copied (optimizers never change their grads in place).
+        self.latest_grads: tuple[torch.Tensor, ...] = ()
 
     def update(self, loss: torch.Tensor) -> None:
         for method in self.methods:
             loss = method.after_loss(self, loss)
         grads = torch.autograd.grad(loss, self.params)
+        self.latest_grads = grads
         self.optimizer.step(list(grads))
         for method in self.methods:
             method.after_step(self)
@@ -34,6 +38,10 @@ class Learner:
     def task_switch(self) -> None:
         for method in self.methods:
             method.on_task_switch(self)
+
+    def latest_gradients(self) -> dict[torch.Tensor, torch.Tensor]:
+        """Parameter -> its loss gradient at the latest update (empty before the first update)."""
+        return dict(zip(self.params, self.latest_grads))
 
     def stats(self) -> dict[str, float]:
         return {f"{m.name}/{k}": v for m in self.methods for k, v in m.stats().items()}

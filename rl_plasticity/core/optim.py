@@ -10,16 +10,34 @@ powers back to 1 (t = 0), and its next update equals a fresh parameter's exactly
 
 Optimizers take the gradients as a list (from torch.autograd.grad) instead of reading .grad, which
 saves zeroing grads every step.
+
+Each optimizer also owns its part of the config's `optimizer` section, once: `name` (the value of
+`optimizer.name`), `defaults` and `rules` (its own keys; `lr` and `weight_decay` are shared by all) and
+`from_config`. SGD's and Adam's keys sit directly in the section (`optimizer.momentum`, the shape configs
+have always had); any other optimizer's sit in a subsection named after it (`optimizer.upgd.sigma`).
+rl_plasticity.core.builders registers them (OPTIMIZERS) and derives the section from the registry.
 """
 
 from __future__ import annotations
 
+import numbers
+from typing import Any
+
 import torch
 
+from rl_plasticity.config import Numbers, Range, Rule
 from rl_plasticity.core.units import ParamUnits
+
+# The keys every optimizer shares; the constructors check them too.
+COMMON_RULES = {"lr": Range(low=0, low_open=True), "weight_decay": Range(low=0)}
 
 
 class Optimizer:
+    name = "optimizer"  # the value of `optimizer.name` that picks it
+    label = "optimizer"  # how the constructor's error messages name it
+    defaults: dict[str, Any] = {}  # its own config keys and their defaults (lr and weight_decay are shared)
+    rules: dict[str, Rule] = {}
+    flat = False  # True: its keys sit directly in `optimizer` (SGD, Adam); else in `optimizer.<name>`
     # Each state tensor and the value it holds for a fresh parameter.
     fresh_state: dict[str, float] = {}
 
@@ -29,6 +47,28 @@ class Optimizer:
         self.state = {name: [torch.full_like(p, value) for p in self.params]
                       for name, value in self.fresh_state.items()}
         self._index = {id(p): i for i, p in enumerate(self.params)}
+
+    @classmethod
+    def options(cls, section: dict) -> dict:
+        """Its own keyword arguments from the resolved `optimizer` section."""
+        own = section if cls.flat else section[cls.name]
+        return {key: own[key] for key in cls.defaults}
+
+    @classmethod
+    def from_config(cls, params, section: dict, generators: list[torch.Generator | None]) -> Optimizer:
+        """The optimizer of `params` from the resolved `optimizer` section; generators: one per replica."""
+        return cls(params, section["lr"], weight_decay=section["weight_decay"], **cls.options(section))
+
+    @classmethod
+    def check(cls, options: dict[str, Any]) -> None:
+        """Raise ValueError naming the first option that breaks its rule (constructors pass `locals()`)."""
+        for key, rule in {**COMMON_RULES, **cls.rules}.items():
+            value = options[key]
+            if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+                value = float(value)  # numpy and other real scalars are checked by value
+            problem = rule.problem(value)
+            if problem:
+                raise ValueError(f"{cls.label} {key} {problem}, got {value!r}")
 
     def _decayed(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """Coupled L2: the penalty's gradient is added to the loss gradient (as the paper's learners do)."""
@@ -47,6 +87,12 @@ class Optimizer:
         for name, tensors in self.state.items():
             pu.units(tensors[i])[mask] = self.fresh_state[name]
 
+    @torch.no_grad()
+    def reset_elements(self, param: torch.nn.Parameter, mask: torch.Tensor) -> None:
+        """Make the state of the elements in mask (shaped like param) equal a fresh parameter's: each element
+        is a unit of reset_units (so an optimizer's own additions there, e.g. Adam's step bound, apply too)."""
+        self.reset_units(ParamUnits(param, lambda t: t.view(t.shape[0], -1)), mask.reshape(mask.shape[0], -1))
+
     def state_dict(self) -> dict:
         return {"state": {k: [t.clone() for t in v] for k, v in self.state.items()}}
 
@@ -59,6 +105,10 @@ class Optimizer:
 class SGD(Optimizer):
     """SGD with optional (heavy-ball, undampened) momentum. A zero momentum buffer is a fresh one:
     the first step then uses the plain gradient, as torch's SGD does."""
+
+    name, label, flat = "sgd", "SGD", True
+    defaults = {"momentum": 0.0}
+    rules = {"momentum": Range(low=0, high=1, high_open=True)}
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         self.fresh_state = {"momentum": 0.0} if momentum else {}
@@ -84,6 +134,9 @@ class Adam(Optimizer):
     bit-identical. A unit reset sends its tensor back to the corrected path until it is old again.
     """
 
+    name, label, flat = "adam", "Adam", True
+    defaults = {"betas": [0.9, 0.999], "eps": 1e-8}
+    rules = {"betas": Numbers(2, Range(low=0, high=1, high_open=True)), "eps": Range(low=0, low_open=True)}
     fresh_state = {"exp_avg": 0.0, "exp_avg_sq": 0.0, "beta1_power": 1.0, "beta2_power": 1.0}
 
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
@@ -141,12 +194,3 @@ class Adam(Optimizer):
     def load_state_dict(self, sd: dict) -> None:
         super().load_state_dict(sd)
         self.max_power = [float(p) for p in sd["max_power"]]
-
-
-def build_optimizer(params, name: str, lr: float, momentum: float = 0.0, betas=(0.9, 0.999),
-                    eps: float = 1e-8, weight_decay: float = 0.0) -> Optimizer:
-    if name == "sgd":
-        return SGD(params, lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adam":
-        return Adam(params, lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; expected 'sgd' or 'adam'")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.convnet import CONV_INITS, ConvNet, LinearClassifier
-from rl_plasticity.core.metrics import probe_metrics
+from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, net_metrics
 from rl_plasticity.datasets.imagenet32 import EXPECTED, load_imagenet32
 from rl_plasticity.datasets.mnist import embedded_mnist
 from rl_plasticity.datasets.transforms import mnist_to_rgb32, normalize
@@ -71,14 +71,14 @@ DEFAULTS = {
     "batch_size": 100,
     "net": {"type": "convnet", "channels": [32, 64, 128], "hidden": [128, 128], "init": "pytorch_default"},
     **METHOD_DEFAULTS,
-    "log": {"checkpoint_every_tasks": 1, "dormant": "official"},
+    "log": {"checkpoint_every_tasks": 1, "dormant": "official", **LOG_DEFAULTS},
 }
 DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "lr": 0.01, "momentum": 0.9}
 # Every learner starts each task with a fresh 2-way head: the labels mean something new.
 DEFAULTS["reset"] = {**METHOD_DEFAULTS["reset"], "enabled": True, "what": "head", "init": "zero"}
 
 RULES = {
-    **METHOD_RULES, **DEVICE_RULE,
+    **METHOD_RULES, **DEVICE_RULE, **LOG_RULES,
     "cpu_threads": Range(low=1),
     "data.train_per_class": Range(low=1),
     "data.test_per_class": Range(low=1),
@@ -149,6 +149,7 @@ class ContinualImageNetRun:
         self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators,
                                      nets=[self.net])
         self.learner.task_switch()  # the first task starts as every other does (the official code's head)
+        self.distance = DistanceFromInit(self.net)
         self.epoch, self.epochs_done = 0, 0  # epoch within the current task; epochs over all tasks
         self.accuracies: list[float] = []
         self.pair: list[int] = []
@@ -220,7 +221,10 @@ class ContinualImageNetRun:
         step = len(self.accuracies)
         logs.per_seed("charts/test_accuracy", [acc], step)
         logs.per_seed("charts/train_accuracy", [train_accuracy], step)
-        for name, values in probe_metrics(self.net, self.test_x, dormant=self.cfg["log"]["dormant"]).items():
+        log = self.cfg["log"]
+        for name, values in net_metrics(self.net, self.test_x, self.learner.latest_gradients(), self.distance,
+                                        dormant=log["dormant"], tau=log["dormant_tau"],
+                                        grama_tau=log["grama_tau"]).items():
             logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
         logs.scalars({method_stat_tag(k, "net"): v for k, v in self.learner.stats().items()}, step)
         if bar is not None:
@@ -232,6 +236,7 @@ class ContinualImageNetRun:
 
     def state_dict(self) -> dict:
         return {"learner": self.learner.state_dict(), "buffers": net_buffers(self.net),
+                "init_weights": self.distance.state_dict(),
                 "task_epoch": self.epoch, "epochs_done": self.epochs_done, "accuracies": self.accuracies,
                 "pair": self.pair, "data_generator": self.data_generator.get_state(),
                 "method_generators": [g.get_state() for g in self.method_generators]}
@@ -239,6 +244,8 @@ class ContinualImageNetRun:
     def load_state_dict(self, sd: dict) -> None:
         self.learner.load_state_dict(sd["learner"])
         load_net_buffers(self.net, sd["buffers"])
+        if "init_weights" in sd:  # checkpoints of older versions have none: the init rebuilt from the seed
+            self.distance.load_state_dict(sd["init_weights"])
         self.epoch, self.epochs_done = int(sd["task_epoch"]), int(sd["epochs_done"])
         self.accuracies = list(sd["accuracies"])
         self.pair = list(sd["pair"])

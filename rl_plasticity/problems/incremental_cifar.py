@@ -37,8 +37,8 @@ import torch.nn.functional as F
 
 from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
-from rl_plasticity.core.metrics import (dormant_fraction, dormant_fraction_per_position, probe_metrics,
-                                        stable_rank)
+from rl_plasticity.core.metrics import (LOG_DEFAULTS, LOG_RULES, DistanceFromInit, dormant_fraction,
+                                        dormant_fraction_per_position, net_metrics, stable_rank)
 from rl_plasticity.core.resnet import RESNET_GROUPS, ResNet18
 from rl_plasticity.datasets.cifar100 import EXPECTED, load_cifar100
 from rl_plasticity.datasets.transforms import random_crop_flip
@@ -70,12 +70,13 @@ DEFAULTS = {
     "reference": None,  # run directory of a retrained (`reset.what: network`) run, for relative accuracy
     "net": {"width": 64, "cbp_groups": "all"},
     **METHOD_DEFAULTS,
-    "log": {"probe_size": 1000, "probe_split": "train", "dormant": "official", "checkpoint_every_epochs": 1},
+    "log": {"probe_size": 1000, "probe_split": "train", "dormant": "official", "checkpoint_every_epochs": 1,
+            **LOG_DEFAULTS},
 }
 DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
 
 RULES = {
-    **METHOD_RULES, **DEVICE_RULE,
+    **METHOD_RULES, **DEVICE_RULE, **LOG_RULES,
     "cpu_threads": Range(low=1),
     "data.train_per_class": Range(low=1),
     "data.test_per_class": Range(low=1),
@@ -143,6 +144,7 @@ class IncrementalCifarRun:
         self.method_generators = generators([seed], "method")
         self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators,
                                      nets=[self.net])
+        self.distance = DistanceFromInit(self.net)
         self.epochs_done = 0
         self.accuracies: list[float] = []
         self.history: list[dict] = []  # per increment: accuracy and plasticity metrics
@@ -212,7 +214,9 @@ class IncrementalCifarRun:
         log = self.cfg["log"]
         images = self.train_x if log["probe_split"] == "train" else self.test_x
         probe = self._floats(images[: log["probe_size"]])
-        for name, values in probe_metrics(self.net, probe, dormant=log["dormant"]).items():
+        for name, values in net_metrics(self.net, probe, self.learner.latest_gradients(), self.distance,
+                                        dormant=log["dormant"], tau=log["dormant_tau"],
+                                        grama_tau=log["grama_tau"]).items():
             metrics[name] = float(values[0])
         features = self.net.features.unsqueeze(0)  # set by the probe's forward
         metrics["features/dormant_fraction"] = float(dormant_fraction(features)[0])
@@ -240,6 +244,7 @@ class IncrementalCifarRun:
 
     def state_dict(self) -> dict:
         return {"learner": self.learner.state_dict(), "buffers": net_buffers(self.net),
+                "init_weights": self.distance.state_dict(),
                 "epochs_done": self.epochs_done, "accuracies": self.accuracies, "history": self.history,
                 "data_generator": self.data_generator.get_state(),
                 "init_generators": [g.get_state() for g in self.init_generators],
@@ -248,6 +253,8 @@ class IncrementalCifarRun:
     def load_state_dict(self, sd: dict) -> None:
         self.learner.load_state_dict(sd["learner"])
         load_net_buffers(self.net, sd["buffers"])
+        if "init_weights" in sd:  # checkpoints of older versions have none: the init rebuilt from the seed
+            self.distance.load_state_dict(sd["init_weights"])
         self.epochs_done = int(sd["epochs_done"])
         self.accuracies, self.history = list(sd["accuracies"]), [dict(h) for h in sd["history"]]
         self.data_generator.set_state(sd["data_generator"])

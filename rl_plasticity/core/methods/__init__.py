@@ -18,9 +18,14 @@ it on (example configs are optional).
 
 from rl_plasticity.core.methods.base import PlasticityMethod, Target
 from rl_plasticity.core.methods.cbp import ContinualBackprop
+from rl_plasticity.core.methods.hare_tortoise import HareTortoise
+from rl_plasticity.core.methods.l2_init import L2Init
+from rl_plasticity.core.methods.parseval import Parseval
 from rl_plasticity.core.methods.redo import ReDo
 from rl_plasticity.core.methods.reset import Reset
 from rl_plasticity.core.methods.snp import ShrinkPerturb
+from rl_plasticity.core.methods.swr import SelectiveWeightReinit
+from rl_plasticity.core.methods.weight_clipping import WeightClipping
 
 # Section name -> method class, in the order the learner applies the methods.
 METHODS: dict[str, type[PlasticityMethod]] = {method.name: method for method in (
@@ -28,6 +33,12 @@ METHODS: dict[str, type[PlasticityMethod]] = {method.name: method for method in 
     ReDo,
     ShrinkPerturb,
     Reset,
+    L2Init,
+    Parseval,
+    SelectiveWeightReinit,
+    WeightClipping,  # clips whatever the step and the methods above left
+    HareTortoise,  # last: the tortoise averages each step's final weights
 )}
 
-__all__ = ["METHODS", "PlasticityMethod", "Target", "ContinualBackprop", "ReDo", "ShrinkPerturb", "Reset"]
+__all__ = ["METHODS", "PlasticityMethod", "Target", "ContinualBackprop", "ReDo", "ShrinkPerturb", "Reset", "L2Init",
+           "Parseval", "SelectiveWeightReinit", "WeightClipping", "HareTortoise"]

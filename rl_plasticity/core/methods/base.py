@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from rl_plasticity.config import Rule
+from rl_plasticity.core.conv import Conv2d
+from rl_plasticity.core.layers import Linear
 
 
 @dataclass(eq=False)
@@ -31,8 +33,8 @@ class Target:
     params: every trained parameter (replica axis first); groups: the hidden-unit groups; optimizer: the
     learner's optimizer (methods that re-initialise weights reset its state there); generators: one per
     replica, for the methods' randomness; nets: the whole networks (PPO: actor and critic), for methods
-    that act on layers or on a network as a whole (each net has `reset_parameters(generators)` and `head`,
-    its output layer, and lists its layers in order in `layer_stack()` where it can).
+    that act on layers or on a network as a whole (each net has `reset_parameters(generators)`; see
+    `net_layers` and `output_layer` below for how its layers are found).
     """
 
     params: list[nn.Parameter]
@@ -40,6 +42,24 @@ class Target:
     optimizer: Any
     generators: list[torch.Generator | None]
     nets: list[nn.Module] = field(default_factory=list)
+
+
+def net_layers(net: nn.Module) -> list[nn.Module]:
+    """A network's weight layers in order: `net.layers` where it lists them (MLP, ConvNet, ResNet18,
+    LinearClassifier), else its Linear and Conv2d modules in module order."""
+    layers = getattr(net, "layers", None)
+    if layers is None:
+        layers = [m for m in net.modules() if isinstance(m, (Linear, Conv2d))]
+    return list(layers)
+
+
+def output_layer(net: nn.Module) -> nn.Module | None:
+    """The layer that computes the network's output: `net.head` where it names one, else its last layer."""
+    head = getattr(net, "head", None)
+    if head is not None:
+        return head
+    layers = net_layers(net)
+    return layers[-1] if layers else None
 
 
 class PlasticityMethod:

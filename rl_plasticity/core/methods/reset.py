@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from rl_plasticity.config import OneOf, Range
-from rl_plasticity.core.methods.base import PlasticityMethod
+from rl_plasticity.core.methods.base import PlasticityMethod, output_layer
 from rl_plasticity.core.units import ParamUnits, rows
 
 WHAT = ("head", "last_layers", "network", "injection")
@@ -42,12 +42,6 @@ DEFAULTS = {"enabled": False, "what": "head", "last_layers": 2, "init": "fresh",
             "every": 100_000}
 RULES = {"what": OneOf(*WHAT), "last_layers": Range(low=1), "init": OneOf("fresh", "zero"),
          "when": OneOf("task_switch", "steps"), "every": Range(low=1)}
-
-
-def head_of(net: nn.Module) -> nn.Module:
-    """A network's output layer: `net.head`, or the last of `net.layers`."""
-    head = getattr(net, "head", None)
-    return head if head is not None else net.layers[-1]
 
 
 class Reset(PlasticityMethod):
@@ -73,7 +67,7 @@ class Reset(PlasticityMethod):
         if init == "zero" and what not in ("head", "injection"):
             raise ValueError(f"reset init=zero with what={what} would leave every hidden unit identical (and "
                              f"dead); use init=fresh")
-        if what == "injection" and not all(hasattr(head_of(net), "frozen") for net in self.nets):
+        if what == "injection" and not all(hasattr(output_layer(net), "frozen") for net in self.nets):
             raise ValueError("reset what=injection needs linear output layers (core.layers.Linear)")
         self.last_layers = last_layers
         self.steps, self.resets = 0, 0
@@ -88,7 +82,7 @@ class Reset(PlasticityMethod):
             return [m for m in net.modules() if any(True for _ in m.parameters(recurse=False))]
         if self.what == "last_layers":
             return list(net.layers)[-self.last_layers:]
-        return [head_of(net)]
+        return [output_layer(net)]
 
     def after_step(self, learner=None) -> None:
         self.steps += 1
@@ -148,12 +142,12 @@ class Reset(PlasticityMethod):
         return {"resets": float(self.resets)}
 
     def state_dict(self) -> dict:
-        frozen = [None if head_of(net).frozen is None else [t.clone() for t in head_of(net).frozen]
+        frozen = [None if output_layer(net).frozen is None else [t.clone() for t in output_layer(net).frozen]
                   for net in self.nets] if self.what == "injection" else []
         return {"steps": self.steps, "resets": self.resets, "frozen": frozen}
 
     def load_state_dict(self, sd: dict) -> None:
         self.steps, self.resets = int(sd["steps"]), int(sd["resets"])
         for net, frozen in zip(self.nets, sd["frozen"]):
-            head = head_of(net)
+            head = output_layer(net)
             head.frozen = None if frozen is None else tuple(t.to(head.weight.device, copy=True) for t in frozen)
