@@ -12,7 +12,8 @@ entropy enters the loss only with ent_coef > 0 (the paper uses none).
 
 Acting needs no autograd: the actor's weights are read through numpy views that share memory with
 the torch parameters (optimizer steps and unit resets write in place), so a batch-1 forward pass is
-three small matmuls with no torch dispatch.
+three small matmuls with no torch dispatch. The numpy path covers ReLU and CReLU actors, with or without
+LayerNorm (`net.norm: layer`); an actor with another activation acts through its torch forward instead.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 ADVANTAGE_NORMALIZATIONS = ("batch", "minibatch", "none")
+NUMPY_ACTIVATIONS = ("relu", "crelu")  # actors with these act in numpy (`policy_mean`)
 
 
 def normalize_batch_advantages(adv: torch.Tensor) -> torch.Tensor:
@@ -61,10 +63,10 @@ class PPOAgent:
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], activation: str, init: str,
                  log_std_init: float, settings: PPOSettings, learner_cfg: dict,
                  init_generator: torch.Generator, method_generators: list[torch.Generator],
-                 minibatch_generator: torch.Generator):
+                 minibatch_generator: torch.Generator, norm: str = "none"):
         self.s = settings
-        self.actor = MLP([obs_dim, *hidden, act_dim], activation=activation, init=init)
-        self.critic = MLP([obs_dim, *hidden, 1], activation=activation, init=init)
+        self.actor = MLP([obs_dim, *hidden, act_dim], activation=activation, init=init, norm=norm)
+        self.critic = MLP([obs_dim, *hidden, 1], activation=activation, init=init, norm=norm)
         self.actor.reset_parameters([init_generator])
         self.critic.reset_parameters([init_generator])
         # Replica axis first, like every core parameter, so methods treat it alike.
@@ -82,20 +84,41 @@ class PPOAgent:
     # -- acting ---------------------------------------------------------------------------------------
 
     def _bind_numpy_policy(self) -> None:
-        self._np_layers = [(layer.weight.detach()[0].numpy(), layer.bias.detach()[0].numpy())
-                           for layer in self.actor.layers]
-        if self.actor.activation_name != "relu":
-            raise ValueError("the numpy policy path implements ReLU only")
+        def numpy_of(param: torch.nn.Parameter) -> np.ndarray:  # replica 0, sharing memory with the parameter
+            return param.detach()[0].numpy()
+
+        self._np_layers = [(numpy_of(layer.weight), numpy_of(layer.bias)) for layer in self.actor.layers]
+        self._np_norms = [(numpy_of(norm.weight), numpy_of(norm.bias), norm.eps) for norm in self.actor.norms]
+        self._np_crelu = self.actor.activation_name == "crelu"
+        self._numpy_acting = self.actor.activation_name in NUMPY_ACTIVATIONS
 
     def policy_mean(self, obs: np.ndarray) -> np.ndarray:
-        """Batch-1 actor forward pass in numpy (ReLU hidden layers)."""
+        """Batch-1 actor forward pass: in numpy for ReLU and CReLU actors, through torch for the others."""
+        if not self._numpy_acting:
+            return self._torch_policy_mean(obs)
         x = obs
-        last = len(self._np_layers) - 1
-        for i, (w, b) in enumerate(self._np_layers):
+        for i, (w, b) in enumerate(self._np_layers[:-1]):
             x = w @ x + b
-            if i < last:
+            if self._np_norms:
+                gain, bias, eps = self._np_norms[i]
+                x -= x.mean()
+                x *= gain / np.sqrt(np.dot(x, x) / x.size + eps)
+                x += bias
+            if self._np_crelu:
+                x = np.concatenate((np.maximum(x, 0.0), np.maximum(-x, 0.0)))
+            else:
                 np.maximum(x, 0.0, out=x)
-        return x
+        w, b = self._np_layers[-1]
+        frozen = self.actor.layers[-1].frozen  # plasticity injection's frozen map (core/methods/reset.py)
+        if frozen is None:
+            return w @ x + b
+        return w @ x + b + frozen[0][0].numpy() @ x + frozen[1][0].numpy()
+
+    @torch.no_grad()
+    def _torch_policy_mean(self, obs: np.ndarray) -> np.ndarray:
+        # The forward also refreshes the actor's activation taps; methods read them only after an update's
+        # own forward pass, and metrics run their own probe, so acting changes nothing they see.
+        return self.actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))[0].numpy()
 
     def action_std(self) -> np.ndarray:
         return self.log_std.detach()[0].exp().numpy().copy()

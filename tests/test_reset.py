@@ -211,3 +211,39 @@ class _NoLogs:
 
     def scalars(self, *a):
         pass
+
+
+def test_ppo_acts_through_the_injected_head():
+    from rl_plasticity.agents.ppo import PPOAgent, PPOSettings
+
+    cfg = copy.deepcopy(METHOD_DEFAULTS)
+    cfg["optimizer"].update(name="adam", lr=1e-3)
+    cfg["reset"].update(enabled=True, what="injection")
+    agent = PPOAgent(5, 3, [8, 8], "relu", "lecun", 0.0, PPOSettings(), cfg, torch.Generator().manual_seed(0),
+                     gens(), torch.Generator().manual_seed(1))
+    obs = torch.randn(5, generator=torch.Generator().manual_seed(2)).numpy()
+    before = agent.policy_mean(obs)
+    agent.learner.task_switch()
+    assert agent.actor.layers[-1].frozen is not None and agent.critic.layers[-1].frozen is not None
+    with torch.no_grad():
+        agent.actor.layers[-1].weight.add_(0.1)  # as if the fresh head had learned
+        torch_mean = agent.actor(torch.from_numpy(obs).unsqueeze(0))[0].numpy()
+    assert abs(torch_mean - before).max() > 1e-3
+    assert abs(agent.policy_mean(obs) - torch_mean).max() < 1e-5
+
+
+@pytest.mark.parametrize("signal, resets", [(False, 0), (True, 2)])
+def test_ppo_tells_the_methods_of_a_physics_change_only_when_asked(signal, resets):
+    from rl_plasticity.config import validate
+    from rl_plasticity.problems.mujoco_ppo import DEFAULTS, PPORun
+
+    cfg = validate({"env": {"change_every": 20, "max_episode_steps": 10, "signal_task_switch": signal},
+                    "net": {"hidden": [8, 8]}, "ppo": {"rollout_steps": 16, "minibatch_size": 8, "epochs": 1},
+                    "reset": {"enabled": True, "what": "injection"}}, DEFAULTS)
+    run = PPORun(cfg, seed=0)
+    phases = []
+    for _ in range(3):  # 48 steps: physics changes at 20 and 40, inside the 2nd and 3rd rollouts
+        run.train_update()
+        phases.append(run.phase())
+    assert phases == [0, 1, 2]
+    assert run.agent.learner.methods[-1].resets == resets

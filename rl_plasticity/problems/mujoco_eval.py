@@ -123,11 +123,6 @@ def eval_seed(seed: int, phase: int) -> int:
     return int(np.random.SeedSequence([seed, _EVAL_STREAM, phase]).generate_state(1)[0])
 
 
-def _phase(state) -> int:
-    schedule = state.runner.schedule
-    return schedule.phase if schedule is not None else 0
-
-
 class PhaseEndEvaluation(Callback):
     """Evaluates the current policy on the physics of each phase once it ends, and at the run's end.
 
@@ -138,11 +133,11 @@ class PhaseEndEvaluation(Callback):
     """
 
     def at_start(self, state, log) -> None:
-        self.phase, self.value = _phase(state), state.runner.physics_value
+        self.phase, self.value = state.phase(), state.runner.physics_value
         self.start_steps = state.steps  # a finished run resumed again has nothing new to evaluate
 
     def after_advance(self, state, log) -> None:
-        phase = _phase(state)
+        phase = state.phase()
         if phase != self.phase:
             self._evaluate(state, log, self.phase, self.value)
         self.phase, self.value = phase, state.runner.physics_value

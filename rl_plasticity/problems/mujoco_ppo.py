@@ -26,7 +26,8 @@ from rl_plasticity.agents.rollout import RolloutBuffer
 from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES
 from rl_plasticity.core.layers import INITS
-from rl_plasticity.core.metrics import probe_metrics
+from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, gradient_metrics, probe_metrics
+from rl_plasticity.core.networks import ACTIVATIONS, NORMS, mlp_config_problem
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
 
@@ -59,6 +60,9 @@ DEFAULTS = {
         # width (111), and the healthy reward paid on the terminating step too.
         "pad_observation_to": None,
         "survive_reward_on_termination": False,
+        # Call the methods' task-switch hook after the update of each rollout in which the physics changed
+        # (e.g. `reset.when: task_switch`); off by default: the paper's agent is not told.
+        "signal_task_switch": False,
     },
     "ppo": {
         # epochs, minibatch_size, gamma, gae_lambda, clip, vf_coef, ent_coef, advantage_normalization
@@ -73,13 +77,13 @@ DEFAULTS = {
         "clip_obs": 10.0,
         "clip_reward": 10.0,
     },
-    "net": {"hidden": [256, 256], "activation": "relu", "init": "lecun"},
+    "net": {"hidden": [256, 256], "activation": "relu", "init": "lecun", "norm": "none"},
     **METHOD_DEFAULTS,
     # Plasticity metrics every `metrics_every` steps on `probe_size` observations: the last ones of the
     # latest rollout, through the nets that acted on them ("rollout", the paper's on-policy sampling), or
     # the first ones of the first rollout, as a fixed probe ("first_rollout").
     "log": {"metrics_every": 10_000, "probe": "rollout", "probe_size": 1000, "checkpoint_every": 500_000,
-            "return_window": 20},
+            "return_window": 20, **LOG_DEFAULTS},
     # Evaluation episodes at the end of each physics phase (and of the run), logged under eval/;
     # they use their own env and random streams, so training's numbers do not change.
     "eval": {"at_phase_end": False, "episodes": 5, "deterministic": True, "video": False, "video_size": 240},
@@ -88,7 +92,7 @@ DEFAULTS = {
 DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "name": "adam", "lr": 1e-4}
 
 RULES = {
-    **METHOD_RULES,
+    **METHOD_RULES, **LOG_RULES,
     "total_steps": Range(low=0, low_open=True),
     "env.change_every": Range(low=1),
     "env.max_episode_steps": Range(low=1),
@@ -105,9 +109,10 @@ RULES = {
     "ppo.clip_obs": Range(low=0, low_open=True),
     "ppo.clip_reward": Range(low=0, low_open=True),
     "ppo.advantage_normalization": OneOf(*ADVANTAGE_NORMALIZATIONS),
-    "net.activation": OneOf("relu"),
+    "net.activation": OneOf(*ACTIVATIONS),
     "net.hidden": LayerSizes(min_len=1),
     "net.init": OneOf(*INITS),
+    "net.norm": OneOf(*NORMS),
     "log.metrics_every": Range(low=1),
     "log.probe": OneOf("rollout", "first_rollout"),
     "log.probe_size": Range(low=1),
@@ -148,6 +153,9 @@ def check(cfg: dict) -> None:
         check_frame_size(cfg["eval"]["video_size"])
     if cfg["optimizer"]["name"] != "adam":
         raise UserError("config key 'optimizer.name' must be 'adam' for PPO (the paper's learners all use Adam)")
+    problem = mlp_config_problem(cfg)
+    if problem:
+        raise UserError(problem)
 
 
 class PPORun:
@@ -166,12 +174,14 @@ class PPORun:
         self.agent = PPOAgent(self.runner.obs_dim, self.runner.act_dim, n["hidden"], n["activation"], n["init"],
                               p["log_std_init"], settings, cfg, init_generator=generators([seed], "init")[0],
                               method_generators=generators([seed], "method"),
-                              minibatch_generator=torch.Generator().manual_seed(derive_seed(seed, "data")))
+                              minibatch_generator=torch.Generator().manual_seed(derive_seed(seed, "data")),
+                              norm=n["norm"])
         self.buffer = RolloutBuffer(p["rollout_steps"], self.runner.obs_dim, self.runner.act_dim)
         self.updates = 0
         self.probe: torch.Tensor | None = None  # log.probe "first_rollout": raw observations of the first rollout
         self.returns: deque[float] = deque(maxlen=cfg["log"]["return_window"])
         self.nets = {"actor": self.agent.actor, "critic": self.agent.critic}
+        self.distance = {name: DistanceFromInit(net) for name, net in self.nets.items()}  # kept in checkpoints
 
     @property
     def steps(self) -> int:
@@ -181,6 +191,7 @@ class PPORun:
         """One rollout and one PPO update. Returns (episodes finished, loss statistics, plasticity
         metrics): the metrics (only if `measure`) are taken before the update, so the nets measured
         are the ones that acted on the probe's observations; weight change is always measured."""
+        phase = self.phase()
         episodes, raw_seen = self.runner.collect(self.buffer, self.agent.policy_mean, self.agent.action_std())
         L = self.cfg["log"]
         if self.probe is None and L["probe"] == "first_rollout":
@@ -193,9 +204,16 @@ class PPORun:
             change = sum(float((layer.weight.detach() - before).abs().sum())
                          for layer, before in zip(net.layers, weights_before[name]))
             metrics[f"plasticity/{name}/weight_change"] = change
+        if self.cfg["env"]["signal_task_switch"] and self.phase() != phase:
+            self.agent.learner.task_switch()
         self.updates += 1
         self.returns.extend(e.ret for e in episodes)
         return episodes, losses, metrics
+
+    def phase(self) -> int:
+        """The physics phase the env is in (0 for a stationary env)."""
+        schedule = self.runner.schedule
+        return schedule.phase if schedule is not None else 0
 
     # --- the run loop's protocol (rl_plasticity/run/loop.py)
     step = steps
@@ -223,6 +241,8 @@ class PPORun:
         except NonFiniteLoss as e:
             raise UserError(f"training diverged at step {self.steps} (update {self.updates + 1}): {e}; "
                             "no checkpoint was written for it - try a smaller optimizer.lr") from None
+        if measure:
+            metrics.update(self.update_metrics())
         step = self.steps
         for ep in episodes:
             log.scalar("charts/episodic_return", ep.ret, ep.step)
@@ -249,16 +269,24 @@ class PPORun:
         return torch.from_numpy(self.runner.normalize_probe(self.probe.numpy()))
 
     def plasticity_metrics(self) -> dict[str, float]:
-        """Dormant fraction, stable and effective rank of every hidden layer, and mean |weight| of every
-        layer, of actor and critic: {'plasticity/actor/layer0/dormant_fraction': ..., ...}."""
-        probe = self.probe_observations()
+        """Dormant and tau-dormant fractions, stable and effective rank and feature norm of every hidden
+        layer, and mean |weight| of every layer, of actor and critic: {'plasticity/actor/layer0/dormant_fraction':
+        ..., ...}."""
+        probe, tau = self.probe_observations(), self.cfg["log"]["dormant_tau"]
         return {_metric_tag(name, key): float(value[0])
-                for name, net in self.nets.items() for key, value in probe_metrics(net, probe).items()}
+                for name, net in self.nets.items() for key, value in probe_metrics(net, probe, tau=tau).items()}
+
+    def update_metrics(self) -> dict[str, float]:
+        """After an update, per layer of actor and critic: the weight-gradient norm and GraMa's inactive
+        fraction of the update's last minibatch step, and the distance of the weights from their init."""
+        grads, grama_tau = self.agent.learner.latest_gradients(), self.cfg["log"]["grama_tau"]
+        return {_metric_tag(name, key): float(value[0]) for name, net in self.nets.items()
+                for key, value in {**gradient_metrics(net, grads, grama_tau), **self.distance[name]()}.items()}
 
     def state_dict(self) -> dict:
         return {"config": json.dumps(self.cfg, sort_keys=True), "seed": self.seed, "updates": self.updates,
                 "agent": self.agent.state_dict(), "env": self.runner.state_dict(), "probe": self.probe,
-                "returns": list(self.returns)}
+                "returns": list(self.returns), "init_weights": {k: d.state_dict() for k, d in self.distance.items()}}
 
     def load_state_dict(self, sd: dict, source: str = "it") -> None:
         saved = json.loads(sd["config"])
@@ -273,6 +301,8 @@ class PPORun:
         self.probe = sd["probe"]
         self.returns.clear()
         self.returns.extend(float(r) for r in sd["returns"])
+        for name, initial in sd.get("init_weights", {}).items():  # older checkpoints: the init rebuilt from the seed
+            self.distance[name].load_state_dict(initial)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

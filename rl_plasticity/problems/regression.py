@@ -15,7 +15,7 @@ from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
 from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, WeightChange, net_metrics
-from rl_plasticity.core.networks import ACTIVATIONS, MLP
+from rl_plasticity.core.networks import ACTIVATIONS, MLP, NORMS, mlp_config_problem
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
 from rl_plasticity.problems.regression_stream import RegressionStream
@@ -35,7 +35,7 @@ DEFAULTS = {
     # signal_task_switch: call the methods' task-switch hook at every bit flip (off: the learner is not told)
     "stream": {"inputs": 20, "slow_bits": 15, "change_every": 10_000, "target_hidden": 100, "beta": 0.7,
                "flip_one": False, "signal_task_switch": False},
-    "net": {"hidden": [5], "activation": "relu", "init": "kaiming"},
+    "net": {"hidden": [5], "activation": "relu", "init": "kaiming", "norm": "none"},
     **METHOD_DEFAULTS,
     "log": {"metrics_every": 20_000, "probe_size": 1000, "checkpoint_every": 100_000, **LOG_DEFAULTS},
 }
@@ -51,6 +51,7 @@ RULES = {
     "net.activation": OneOf(*ACTIVATIONS),
     "net.hidden": LayerSizes(),
     "net.init": OneOf(*INITS),
+    "net.norm": OneOf(*NORMS),
     "log.metrics_every": Range(low=1),
     "log.probe_size": Range(low=1),
     "log.checkpoint_every": Range(low=1),
@@ -70,6 +71,9 @@ def check(cfg: dict) -> None:
             raise UserError(f"config key '{key}' ({value}) must be a multiple of 'stream.change_every' ({s['change_every']})")
     if cfg["examples"] % cfg["bin_size"]:
         raise UserError(f"config key 'examples' ({cfg['examples']}) must be a multiple of 'bin_size' ({cfg['bin_size']})")
+    problem = mlp_config_problem(cfg)
+    if problem:
+        raise UserError(problem)
 
 
 class RegressionRun:
@@ -83,7 +87,7 @@ class RegressionRun:
                                        beta=s["beta"], flip_one=s["flip_one"])
         n = cfg["net"]
         self.net = MLP([s["inputs"], *n["hidden"], 1], activation=n["activation"], init=n["init"],
-                       replicas=len(seeds))
+                       replicas=len(seeds), norm=n["norm"])
         self.net.reset_parameters(generators(seeds, "init"))
         self.method_generators = generators(seeds, "method")
         self.learner = build_learner(self.net.parameters(), self.net.groups, cfg, self.method_generators,

@@ -52,6 +52,11 @@ RULES = {
 }
 
 
+def _per_unit(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[R, U] -> broadcastable against `like` [R, U, ...]."""
+    return t.reshape(*t.shape, *[1] * (like.dim() - 2))
+
+
 class ContinualBackprop(PlasticityMethod):
     name, label, defaults, rules = "cbp", "CBP", DEFAULTS, RULES
 
@@ -71,7 +76,9 @@ class ContinualBackprop(PlasticityMethod):
         dev = [g.incoming.weight.device for g in groups]  # state lives beside the units it describes
         self.age = [torch.zeros(g.replicas, g.num_units, device=d) for g, d in zip(groups, dev)]
         self.utility = [torch.zeros(g.replicas, g.num_units, device=d) for g, d in zip(groups, dev)]
-        self.mean_activation = [torch.zeros(g.replicas, g.num_units, device=d) for g, d in zip(groups, dev)]
+        # [R, U], or [R, U, 2] for paired (CReLU) units: the bias transfer needs one mean per half.
+        self.mean_activation = [torch.zeros(g.replicas, g.num_units, *g.mean_shape, device=d)
+                                for g, d in zip(groups, dev)]
         self.accumulator = [torch.zeros(g.replicas, dtype=torch.float64, device=d) for g, d in zip(groups, dev)]
         self.replacements = [torch.zeros(g.replicas, dtype=torch.long, device=d) for g, d in zip(groups, dev)]
         # Only the adaptable utility and the bias transfer read the mean activation: skip its average otherwise.
@@ -95,13 +102,13 @@ class ContinualBackprop(PlasticityMethod):
         act = group.activation.flatten(3) if group.activation.dim() > 3 else group.activation.unsqueeze(3)
         # act: [R, B, U, positions]; batch and spatial positions are averaged alike.
         if self._tracks_mean:
-            self.mean_activation[i].mul_(d).add_(act.mean((1, 3)), alpha=1 - d)
+            self.mean_activation[i].mul_(d).add_(group.batch_mean(act), alpha=1 - d)
         if self.utility_type == "contribution":
             instant = group.mean_abs_outgoing() * act.abs().mean((1, 3))
             self.utility[i].mul_(d).add_(instant, alpha=1 - d)
         elif self.utility_type == "adaptable_contribution":
-            mean = self.mean_activation[i] / self._bias_correction(age)
-            spread = (act - mean[:, None, :, None]).abs().mean((1, 3))
+            mean = self.mean_activation[i] / _per_unit(self._bias_correction(age), self.mean_activation[i])
+            spread = (act - mean.reshape(mean.shape[0], 1, mean.shape[1], -1)).abs().mean((1, 3))
             instant = group.mean_abs_outgoing() * spread / group.mean_abs_incoming()
             self.utility[i].mul_(d).add_(instant, alpha=1 - d)
 
@@ -150,8 +157,9 @@ class ContinualBackprop(PlasticityMethod):
     def _replace(self, i: int, group: UnitGroup, eligible: torch.Tensor, n_replace: torch.Tensor) -> None:
         mask = self._choose(i, eligible, n_replace)
         if self.transfer_mean_to_bias:
-            mean = self.mean_activation[i] / self._bias_correction(self.age[i]).clamp_min(1e-12)
-            group.add_to_outgoing_bias(mean * mask)
+            m = self.mean_activation[i]
+            mean = m / _per_unit(self._bias_correction(self.age[i]).clamp_min(1e-12), m)
+            group.add_to_outgoing_bias(mean * _per_unit(mask, m))
         group.reinit(mask, self.generators)
         if self.reset_optimizer_state:
             for pu in group.all_params():
