@@ -247,3 +247,17 @@ def test_ppo_tells_the_methods_of_a_physics_change_only_when_asked(signal, reset
         phases.append(run.phase())
     assert phases == [0, 1, 2]
     assert run.agent.learner.methods[-1].resets == resets
+
+
+def test_last_layers_reset_includes_the_reset_units_layer_norm():
+    net = MLP([3, 4, 4, 2], activation="relu", init="kaiming", norm="layer")
+    net.reset_parameters(gens(seed=0))
+    opt = Adam(net.parameters(), lr=0.01)
+    train(net, opt, steps=3)
+    norms = [g.norm for g in net.groups]
+    assert all(torch.any(n.weight != 1) for n in norms)
+    Reset([net], net.groups, opt, gens(), what="last_layers", last_layers=2).apply()
+    assert torch.any(norms[0].weight != 1)  # layer 0 (and its norm) untouched
+    assert torch.all(norms[1].weight == 1) and torch.all(norms[1].bias == 0)
+    i = [id(p) for p in net.parameters()].index(id(norms[1].weight))
+    assert torch.all(opt.state["exp_avg"][i] == 0)

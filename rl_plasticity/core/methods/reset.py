@@ -80,9 +80,9 @@ class Reset(PlasticityMethod):
         """The layers of `net` this reset re-initialises."""
         if self.what == "network":
             return [m for m in net.modules() if any(True for _ in m.parameters(recurse=False))]
-        if self.what == "last_layers":
-            return list(net.layers)[-self.last_layers:]
-        return [output_layer(net)]
+        layers = list(net.layers)[-self.last_layers:] if self.what == "last_layers" else [output_layer(net)]
+        # A reset layer's units start afresh with their norm's gain and bias (net.norm: layer).
+        return layers + [g.norm for g in self.groups if g.norm is not None and any(g.incoming is m for m in layers)]
 
     def after_step(self, learner=None) -> None:
         self.steps += 1
