@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import numbers
 import difflib
 import math
 import re
@@ -200,6 +201,18 @@ class Numbers(Rule):
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def check_options(label: str, rules: dict[str, Rule], options: dict[str, Any]) -> None:
+    """Raise ValueError naming the first option that breaks its rule: what constructors of methods and
+    optimizers call with `locals()` (their error for Python callers; configs get validate's errors first)."""
+    for key, rule in rules.items():
+        value = options[key]
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+            value = float(value)  # numpy and other real scalars are checked by value
+        problem = rule.problem(value)
+        if problem:
+            raise ValueError(f"{label} {key} {problem}, got {value!r}")
 
 
 def validate(cfg: dict, defaults: dict, rules: dict | None = None, where: str = "") -> dict:

@@ -20,12 +20,11 @@ rl_plasticity.core.builders registers them (OPTIMIZERS) and derives the section 
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
 
-from rl_plasticity.config import Numbers, Range, Rule
+from rl_plasticity.config import Numbers, Range, Rule, check_options
 from rl_plasticity.core.units import ParamUnits
 
 # The keys every optimizer shares; the constructors check them too.
@@ -62,13 +61,7 @@ class Optimizer:
     @classmethod
     def check(cls, options: dict[str, Any]) -> None:
         """Raise ValueError naming the first option that breaks its rule (constructors pass `locals()`)."""
-        for key, rule in {**COMMON_RULES, **cls.rules}.items():
-            value = options[key]
-            if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
-                value = float(value)  # numpy and other real scalars are checked by value
-            problem = rule.problem(value)
-            if problem:
-                raise ValueError(f"{cls.label} {key} {problem}, got {value!r}")
+        check_options(cls.label, {**COMMON_RULES, **cls.rules}, options)
 
     def _decayed(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """Coupled L2: the penalty's gradient is added to the loss gradient (as the paper's learners do)."""

@@ -14,14 +14,13 @@ by the section's keys; the config validation and the constructor's checks both u
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from rl_plasticity.config import Rule
+from rl_plasticity.config import Rule, check_options
 from rl_plasticity.core.conv import Conv2d
 from rl_plasticity.core.layers import Linear
 
@@ -87,13 +86,7 @@ class PlasticityMethod:
 
         Constructors pass `locals()` first thing, so every rule checks its argument of the same name.
         """
-        for key, rule in cls.rules.items():
-            value = options[key]
-            if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
-                value = float(value)  # numpy and other real scalars are checked by value
-            problem = rule.problem(value)
-            if problem:
-                raise ValueError(f"{cls.label} {key} {problem}, got {value!r}")
+        check_options(cls.label, cls.rules, options)
 
     def after_loss(self, learner, loss: torch.Tensor) -> torch.Tensor:
         return loss
