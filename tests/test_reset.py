@@ -261,3 +261,61 @@ def test_last_layers_reset_includes_the_reset_units_layer_norm():
     assert torch.all(norms[1].weight == 1) and torch.all(norms[1].bias == 0)
     i = [id(p) for p in net.parameters()].index(id(norms[1].weight))
     assert torch.all(opt.state["exp_avg"][i] == 0)
+
+
+def test_a_hare_reset_keeps_what_another_method_just_reinitialised():
+    net = mlp()
+    cfg = copy.deepcopy(METHOD_DEFAULTS)
+    cfg["reset"].update(enabled=True, what="head")
+    cfg["hare_tortoise"].update(enabled=True, reset_on="task_switch", ema=0.5)
+    learner = build_learner(net.parameters(), net.groups, cfg, gens(), nets=[net])
+    assert [m.name for m in learner.methods] == ["reset", "hare_tortoise"]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        learner.update(net(torch.randn(5, 3, generator=g)).square().sum())
+    old_head = net.layers[-1].weight.detach().clone()
+    learner.task_switch()  # the head is redrawn, then the hare returns to the tortoise
+    head = net.layers[-1].weight
+    expected = torch.empty(2, 4).uniform_(-net.layers[-1].bound, net.layers[-1].bound, generator=gens()[0])
+    assert torch.equal(head[0], expected) and not torch.equal(head, old_head)
+
+
+def test_redo_tells_cbp_which_units_it_reinitialised():
+    from rl_plasticity.core.methods import ReDo
+    from rl_plasticity.core.learner import Learner
+
+    net = mlp()
+    opt = Adam(net.parameters(), lr=0.01)
+    cbp = ContinualBackprop(net.groups, opt, gens(), replacement_rate=0.0, maturity_threshold=1000)
+    redo = ReDo(net.groups, opt, gens(), threshold=10.0, every=5)  # every unit scores below 10: all reset
+    learner = Learner(net.parameters(), opt, [cbp, redo])
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        learner.update(net(torch.randn(5, 3, generator=g)).square().sum())
+    assert all(torch.all(a == 4) for a in cbp.age)
+    learner.update(net(torch.randn(5, 3, generator=g)).square().sum())  # step 5: ReDo resets every unit
+    assert all(torch.all(a == 0) for a in cbp.age) and all(torch.all(u == 0) for u in cbp.utility)
+
+
+def test_units_replaced_after_an_injection_reach_the_output_through_no_frozen_weight():
+    net = mlp(replicas=2)
+    opt = Adam(net.parameters(), lr=0.01)
+    train(net, opt)
+    Reset([net], net.groups, opt, gens(2), what="injection").apply()
+    group, head = net.groups[-1], net.layers[-1]
+    x = torch.randn(2, 6, 3)
+    net(x)
+    # The utility sees the weight the output really reads the units with: trained head + frozen map.
+    assert torch.allclose(group.mean_abs_outgoing(), (head.weight + head.frozen[0]).abs().transpose(1, 2).mean(2))
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[0, 1] = mask[1, 3] = True
+    before = net(x).detach()
+    mean = group.batch_mean(group.activation)
+    group.add_to_outgoing_bias(mean * mask)
+    group.reinit(mask, gens(2))
+    assert torch.all(head.frozen[0].transpose(1, 2)[mask] == 0) and torch.all(head.weight.transpose(1, 2)[mask] == 0)
+    with torch.no_grad():  # whatever the new units now compute, the output does not see it yet
+        net.layers[-2].weight[mask] *= 3
+    after = net(x).detach()
+    # The replaced units' mean contribution moved into the bias: the output is unchanged on average.
+    assert torch.allclose(after.mean(1), before.mean(1), atol=1e-5)

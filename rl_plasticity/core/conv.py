@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rl_plasticity.core.layers import uniform_like
-from rl_plasticity.core.units import ParamUnits, UnitGroup, UnitView, columns, rows
+from rl_plasticity.core.units import UnitGroup, UnitView
 
 
 def _one_replica(replicas: int) -> None:
@@ -106,47 +106,6 @@ def flattened_columns(channels: int) -> UnitView:
 
 @dataclass(eq=False)
 class ChannelGroup(UnitGroup):
-    """A unit group whose layers may be convs: conv or linear incoming, conv or flatten-linear outgoing,
-    an optional batch norm on the units (reset with them), and an incoming layer that may lack a bias."""
-
-    outgoing_view: UnitView = columns
-
-    def incoming_params(self) -> list[ParamUnits]:
-        params = [ParamUnits(self.incoming.weight, rows)]
-        if self.incoming.bias is not None:
-            params.append(ParamUnits(self.incoming.bias, rows))
-        if self.norm is not None:  # the norm's affine parameters belong to the units too
-            params += [ParamUnits(self.norm.weight, rows), ParamUnits(self.norm.bias, rows)]
-        return params
-
-    def outgoing_params(self) -> list[ParamUnits]:
-        return [ParamUnits(self.outgoing.weight, self.outgoing_view)]
-
-    def mean_abs_outgoing(self) -> torch.Tensor:
-        return self.outgoing_view(self.outgoing.weight.detach()).abs().flatten(2).mean(2)
-
-    @torch.no_grad()
-    def add_to_outgoing_bias(self, values: torch.Tensor) -> None:
-        """Fold a constant output of the units (values [R, U]) into the next layer's bias.
-
-        A constant channel feeding a conv adds value x (sum of its kernel) to every output position
-        (exact away from zero-padded borders). An outgoing layer without a bias is followed by a norm
-        that re-centres its output anyway, so there is nothing to fold into.
-        """
-        if self.outgoing.bias is None:
-            return
-        w = self.outgoing_view(self.outgoing.weight)  # [R, U, out, ...]
-        shift = (w * values.reshape(*values.shape, *[1] * (w.dim() - 2))).sum(1)  # [R, out, ...]
-        self.outgoing.bias += shift.flatten(2).sum(2) if shift.dim() > 2 else shift
-
-    @torch.no_grad()
-    def reinit(self, mask: torch.Tensor, generators: list[torch.Generator | None]) -> None:
-        """Units in mask [R, U]: fresh incoming kernels, bias 0, norm reset, outgoing weights 0."""
-        for r in mask.any(1).nonzero().flatten().tolist():
-            idx = mask[r].nonzero().flatten()
-            self.incoming.weight[r, idx] = self.incoming.sample_weights(len(idx), generators[r])
-        if self.incoming.bias is not None:
-            self.incoming.bias[mask] = 0.0
-        if self.norm is not None:
-            self.norm.reset_units(mask)
-        self.outgoing_view(self.outgoing.weight)[mask] = 0.0
+    """A unit group whose layers may be convs: conv or linear incoming, conv or flatten-linear outgoing
+    (`flattened_columns`), an optional batch norm on the units (reset with them), and an incoming layer that
+    may lack a bias. UnitGroup handles all of these; the name says which networks build it."""

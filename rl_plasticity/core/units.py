@@ -77,7 +77,9 @@ class UnitGroup:
         return self.incoming.weight.shape[0]
 
     def incoming_params(self) -> list[ParamUnits]:
-        params = [ParamUnits(self.incoming.weight, rows), ParamUnits(self.incoming.bias, rows)]
+        params = [ParamUnits(self.incoming.weight, rows)]
+        if self.incoming.bias is not None:  # a conv followed by batch norm has none
+            params.append(ParamUnits(self.incoming.bias, rows))
         if self.norm is not None:  # the norm's per-unit gain and bias belong to the units too
             params += [ParamUnits(self.norm.weight, rows), ParamUnits(self.norm.bias, rows)]
         return params
@@ -92,9 +94,16 @@ class UnitGroup:
         """[R, U]: mean |incoming weight| of each unit."""
         return self.incoming.weight.detach().abs().flatten(2).mean(2)
 
+    def outgoing_weight(self) -> torch.Tensor:
+        """The weight the next layer reads the units with, as [R, U, out, ...]: its trained weight, plus the
+        frozen map plasticity injection added to it (layers.Linear.frozen), if any."""
+        frozen = getattr(self.outgoing, "frozen", None)
+        weight = self.outgoing.weight.detach()
+        return self.outgoing_view(weight if frozen is None else weight + frozen[0])
+
     def mean_abs_outgoing(self) -> torch.Tensor:
         """[R, U]: mean |outgoing weight| of each unit (over both columns of a paired unit)."""
-        return self.outgoing_view(self.outgoing.weight.detach()).abs().flatten(2).mean(2)
+        return self.outgoing_weight().abs().flatten(2).mean(2)
 
     def batch_mean(self, activation: torch.Tensor) -> torch.Tensor:
         """[R, B, U, ...] -> [R, U, *mean_shape]: the batch mean of each unit's outputs, as the bias transfer
@@ -109,7 +118,11 @@ class UnitGroup:
             expected = ", ".join(["R", "U", *map(str, self.mean_shape)])
             raise ValueError(f"group {self.name!r}: the bias transfer needs the units' mean outputs shaped "
                              f"[{expected}] (one per half of a paired unit), got {list(values.shape)}")
-        shift = (self.outgoing_view(self.outgoing.weight) * values.unsqueeze(2)).sum(1)  # [R, out, *mean_shape]
+        if self.outgoing.bias is None:  # a conv followed by batch norm, which re-centres its output anyway
+            return
+        w = self.outgoing_weight()  # [R, U, out, ...]
+        v = values.unsqueeze(2)  # [R, U, 1, *mean_shape], then one axis per remaining axis of w (positions)
+        shift = (w * v.reshape(*v.shape, *[1] * (w.dim() - v.dim()))).sum(1)  # [R, out, ...]
         self.outgoing.bias += shift.flatten(2).sum(2) if shift.dim() > 2 else shift
 
     @torch.no_grad()
@@ -119,7 +132,11 @@ class UnitGroup:
         for r in mask.any(1).nonzero().flatten().tolist():
             idx = mask[r].nonzero().flatten()
             self.incoming.weight[r, idx] = self.incoming.sample_weights(len(idx), generators[r])
-        self.incoming.bias[mask] = 0.0
+        if self.incoming.bias is not None:
+            self.incoming.bias[mask] = 0.0
         if self.norm is not None:
             self.norm.reset_units(mask)
         self.outgoing_view(self.outgoing.weight)[mask] = 0.0
+        frozen = getattr(self.outgoing, "frozen", None)
+        if frozen is not None:  # a new unit reaches the output through no frozen weight either
+            self.outgoing_view(frozen[0])[mask] = 0.0

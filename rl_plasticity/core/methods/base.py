@@ -3,7 +3,8 @@
 The learner calls them in this order: `after_loss` (may add a penalty to the loss), the optimizer
 step, `after_step` (the latest activations are in each group's tap), and, when the problem says so,
 `after_epoch` (end of a rollout's update or a supervised epoch) and `on_task_switch`. A method that
-re-initialises units calls `forget_units` of the others, so that they forget what they knew of them.
+re-initialises units or whole parameters tells every method (`tell_units_reset`, `tell_params_reset`), whose
+`forget_units` / `forget_params` drop what they knew of them (CBP's ages, the tortoise's copy).
 
 A method also owns its config section, once: `name` (the section's key in a problem's config and the
 method's key in statistics and checkpoints), `defaults` (the section, `enabled: False` first; the
@@ -101,7 +102,21 @@ class PlasticityMethod:
         pass
 
     def forget_units(self, group, mask: torch.Tensor) -> None:
-        """Another method re-initialised the units of `group` in mask [R, U]: forget what this one knew of them."""
+        """A method re-initialised the units of `group` in mask [R, U]: forget what this one knew of them."""
+
+    def forget_params(self, params: list[nn.Parameter]) -> None:
+        """A method re-initialised these parameters whole: forget what this one knew of them."""
+
+    def tell_units_reset(self, learner, group, mask: torch.Tensor) -> None:
+        """This method re-initialised the units of `group` in mask: every method of the learner forgets them
+        (this one included; only this one when the hooks are called without a learner)."""
+        for method in learner.methods if learner is not None else [self]:
+            method.forget_units(group, mask)
+
+    def tell_params_reset(self, learner, params: list[nn.Parameter]) -> None:
+        """This method re-initialised `params` whole: every method of the learner forgets them."""
+        for method in learner.methods if learner is not None else [self]:
+            method.forget_params(params)
 
     def stats(self) -> dict[str, float]:
         """Counters worth logging, e.g. {'layer0/replacements': 3}."""

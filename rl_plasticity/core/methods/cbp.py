@@ -93,9 +93,9 @@ class ContinualBackprop(PlasticityMethod):
     @torch.no_grad()
     def after_step(self, learner=None) -> None:
         for i, group in enumerate(self.groups):
-            self._update_group(i, group)
+            self._update_group(i, group, learner)
 
-    def _update_group(self, i: int, group: UnitGroup) -> None:
+    def _update_group(self, i: int, group: UnitGroup, learner=None) -> None:
         d, age = self.decay_rate, self.age[i]
         age += 1
         self._oldest[i] += 1
@@ -127,7 +127,7 @@ class ContinualBackprop(PlasticityMethod):
             acc -= n_replace
         if not bool((n_replace > 0).any()):
             return
-        self._replace(i, group, eligible, n_replace.long())
+        self._replace(i, group, eligible, n_replace.long(), learner)
 
     def _bernoulli_count(self, n_eligible: torch.Tensor) -> torch.Tensor:
         """[R]: x = rate * n_eligible per replica; below 1, one unit with probability x; else floor(x)."""
@@ -154,7 +154,8 @@ class ContinualBackprop(PlasticityMethod):
             mask[r, candidates[torch.argsort(scores, stable=True)[:k]]] = True
         return mask
 
-    def _replace(self, i: int, group: UnitGroup, eligible: torch.Tensor, n_replace: torch.Tensor) -> None:
+    def _replace(self, i: int, group: UnitGroup, eligible: torch.Tensor, n_replace: torch.Tensor,
+                 learner=None) -> None:
         mask = self._choose(i, eligible, n_replace)
         if self.transfer_mean_to_bias:
             m = self.mean_activation[i]
@@ -164,7 +165,7 @@ class ContinualBackprop(PlasticityMethod):
         if self.reset_optimizer_state:
             for pu in group.all_params():
                 self.optimizer.reset_units(pu, mask)
-        self.forget_units(group, mask)
+        self.tell_units_reset(learner, group, mask)
         self.replacements[i] += mask.sum(1)
 
     def forget_units(self, group: UnitGroup, mask: torch.Tensor) -> None:

@@ -58,6 +58,7 @@ class HareTortoise(PlasticityMethod):
         buffers = {id(b): b for net in nets for b in net.buffers() if b.is_floating_point()}
         self.hare = [p.detach() for p in self.params] + list(buffers.values())  # what the tortoise tracks
         self.tortoise = [t.clone() for t in self.hare]
+        self._index = {id(p): i for i, p in enumerate(self.params)}
         self.steps, self.epochs, self.resets = 0, 0, 0
 
     @classmethod
@@ -90,6 +91,21 @@ class HareTortoise(PlasticityMethod):
                 self.optimizer.reset_units(ParamUnits(p, rows), torch.ones(p.shape[:2], dtype=torch.bool,
                                                                             device=p.device))
         self.resets += 1
+
+    @torch.no_grad()
+    def forget_units(self, group, mask: torch.Tensor) -> None:
+        """Re-initialised units start the tortoise afresh too: a later hare reset must not bring the old back."""
+        for pu in group.all_params():
+            i = self._index.get(id(pu.param))
+            if i is not None:
+                pu.units(self.tortoise[i])[mask] = pu.units()[mask]
+
+    @torch.no_grad()
+    def forget_params(self, params: list[nn.Parameter]) -> None:
+        for p in params:
+            i = self._index.get(id(p))
+            if i is not None:
+                self.tortoise[i].copy_(p)
 
     @contextmanager
     def tortoise_in_place(self):

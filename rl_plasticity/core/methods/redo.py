@@ -50,6 +50,7 @@ class ReDo(PlasticityMethod):
             if self.reset_optimizer_state:
                 for pu in group.all_params():
                     self.optimizer.reset_units(pu, mask)
+            self.tell_units_reset(learner, group, mask)
             self.resets[i] += mask.sum(1)
 
     def stats(self) -> dict[str, float]:

@@ -126,17 +126,14 @@ class Reset(PlasticityMethod):
         head.frozen = delta if head.frozen is None else tuple(f + d for f, d in zip(head.frozen, delta))
 
     def _forget(self, layers: list[nn.Module], learner) -> None:
-        """Tell the learner's other methods that the units computed by `layers` are new."""
-        if learner is None:
-            return
+        """Tell the learner's methods that the parameters of `layers`, and the units they compute, are new."""
+        self.tell_params_reset(learner, [p for layer in layers for p in layer.parameters(recurse=False)])
         reset = {id(layer) for layer in layers}
         for group in self.groups:
             if id(group.incoming) in reset:
                 everything = torch.ones(group.replicas, group.num_units, dtype=torch.bool,
                                         device=group.incoming.weight.device)
-                for method in learner.methods:
-                    if method is not self:
-                        method.forget_units(group, everything)
+                self.tell_units_reset(learner, group, everything)
 
     def stats(self) -> dict[str, float]:
         return {"resets": float(self.resets)}

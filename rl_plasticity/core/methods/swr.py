@@ -33,6 +33,10 @@ does (it runs after optimizer.step() and reads p.grad).
 Defaults: gradient utility, resample and proportional selection are the paper's recommended variant; the rate
 and period (1% of each tensor every 100 steps, i.e. 1e-4 of the weights per step, CBP's default rate per unit)
 are this toolkit's choice: tune them per problem.
+
+With CBP or ReDo: a weight at exactly 0 has utility 0 under either utility, so the outgoing weights those
+methods zero for a new unit are the first SWR redraws at its next event (the new unit then starts with small
+random outgoing weights instead of zeros); ties among equal utilities break by index.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.conv import BatchNorm, Conv2d
 from rl_plasticity.core.layers import Linear
 from rl_plasticity.core.methods.base import PlasticityMethod
+from rl_plasticity.core.networks import LayerNorm
 
 UTILITIES = ("gradient", "magnitude")
 SELECTIONS = ("proportional", "threshold")
@@ -59,7 +64,7 @@ RULES = {"rate": Range(low=0, high=1), "every": Range(low=1), "utility": OneOf(*
 
 def init_of(module: nn.Module, kind: str) -> tuple[float, float]:
     """(mean, half-width of the uniform) of the init distribution of `module`'s parameter `kind`."""
-    if isinstance(module, BatchNorm):
+    if isinstance(module, (BatchNorm, LayerNorm)):  # gain 1, shift 0
         return (1.0 if kind == "weight" else 0.0), 0.0
     return 0.0, (module.bound if kind == "weight" else module.bias_bound)
 
@@ -72,10 +77,10 @@ def reinit_targets(nets: list[nn.Module]) -> list[tuple[nn.Parameter, float, flo
             own = [(kind, p) for kind, p in module.named_parameters(recurse=False)]
             if not own:
                 continue
-            if not isinstance(module, (Linear, Conv2d, BatchNorm)):  # the toolkit refuses networks by ValueError
+            if not isinstance(module, (Linear, Conv2d, BatchNorm, LayerNorm)):
                 raise ValueError(  # noqa: TRY004
                     f"swr cannot re-initialise the parameters of {type(module).__name__} (its init distribution "
-                    f"is unknown); it handles Linear, Conv2d and BatchNorm layers")
+                    f"is unknown); it handles Linear, Conv2d, BatchNorm and LayerNorm layers")
             targets += [(p, *init_of(module, kind)) for kind, p in own]
     return targets
 
@@ -147,7 +152,9 @@ class SelectiveWeightReinit(PlasticityMethod):
         most = max(counts)
         mask = torch.zeros_like(u, dtype=torch.bool)
         if most:
-            lowest = torch.topk(u, most, dim=1, largest=False).indices
+            # A stable sort, not topk: ties (zero weights are common) break by index, so a replica's choice
+            # does not depend on how many its neighbours draw.
+            lowest = torch.argsort(u, dim=1, stable=True)[:, :most]
             wanted = torch.arange(most, device=u.device) < torch.tensor(counts, device=u.device).unsqueeze(1)
             mask.scatter_(1, lowest, wanted)
         return mask
