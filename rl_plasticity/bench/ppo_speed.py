@@ -10,11 +10,18 @@ the CBP config with the same config with CBP disabled. The runs go one after the
 process; each time covers acting and learning, not building the model. Each variant reports
 env-steps per second of wall-clock time and per CPU-second of this process (one thread): on a
 shared, noisy machine the CPU-second figures are the steady ones, and the ratios use them.
+
+`--methods NAME ...` times instead the paper's std config and the named configs/friction_ant learners (`all`:
+every one but std) as `train` runs them, repeats interleaved, and prints each one's env-steps per CPU-second as a
+ratio to std's: the median over repeats of the ratio within one repeat, where std ran next to it in the same
+process. That is a method's cost on top of PPO (its optimizer settings and net options included, as in its
+config). Ratios, not absolute rates, are the figures to compare across machines or a busy machine's spells.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="env steps per run, rounded up to whole 2048-step rollouts (default 30720)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1,
-                        help="measure each variant this many times, interleaved, and keep the best (default 1)")
+                        help="measure each variant this many times, interleaved, and keep the best (default 1); "
+                             "--methods' ratios are the median over repeats")
     parser.add_argument("--skip-sb3", action="store_true", help="time only our PPO (CBP off and on)")
+    parser.add_argument("--methods", nargs="+", metavar="NAME",
+                        help="time the paper std config and these configs/friction_ant learners (or `all`) "
+                             "instead, and print each one's speed as a ratio to std's")
 
 
 PAPER_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "friction_ant"
@@ -56,10 +67,11 @@ def _timed(work, steps: int) -> tuple[float, float]:
     return steps / (time.perf_counter() - wall), steps / (time.process_time() - cpu)
 
 
-def _ours(steps: int, seed: int, variant: str) -> tuple[float, float]:
+def _ours(steps: int, seed: int, variant: str | dict) -> tuple[float, float]:
+    """Time one variant of _ours_config, or a resolved config (timed as the paper variants are)."""
     from rl_plasticity.problems.mujoco_ppo import PPORun
 
-    cfg = _ours_config(variant, steps)
+    cfg = variant if isinstance(variant, dict) else _ours_config(variant, steps)
     run = PPORun(cfg, seed)
     every = cfg["log"]["metrics_every"] if variant != "sb3_settings" else None
 
@@ -107,6 +119,53 @@ def _sb3(steps: int, seed: int) -> tuple[float, float]:
     return _timed(lambda: model.learn(total_timesteps=steps), steps)
 
 
+def method_names(requested: list[str]) -> list[str]:
+    """The configs/friction_ant learners `--methods` names, in the order given (`all`: every one but std)."""
+    from rl_plasticity.errors import UserError
+
+    known = sorted(p.stem for p in PAPER_CONFIGS.glob("*.yaml") if p.stem != "std")
+    names = known if requested == ["all"] else list(dict.fromkeys(requested))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"--methods: no config {', '.join(f'{n}.yaml' for n in unknown)} in {PAPER_CONFIGS}; "
+                        f"known: {', '.join(known)} (or all)")
+    return names
+
+
+def _learner(name: str, steps: int, seed: int) -> tuple[float, float]:
+    """Time configs/friction_ant/<name>.yaml as `train` runs it (checked like `train` checks it)."""
+    from rl_plasticity.config import read_yaml
+    from rl_plasticity.problems import resolve_config
+
+    cfg, _ = resolve_config(read_yaml(PAPER_CONFIGS / f"{name}.yaml"), [f"total_steps={steps}"])
+    return _ours(steps, seed, cfg)
+
+
+def _method_costs(names: list[str], steps: int, seed: int, repeats: int) -> dict[str, Any]:
+    """Best env-steps per wall- and CPU-second of std and each named learner, and each one's ratio to std: the
+    median over repeats of the ratio within a repeat (std timed next to it, so a slow spell hits both)."""
+    order = ["std", *names]
+    best: dict[str, float] = {}
+    cpu: dict[str, list[float]] = {name: [] for name in order}
+    for r in range(repeats):
+        for name in (order if r % 2 == 0 else order[::-1]):  # interleaved, the order alternating
+            sps, cpu_sps = _learner(name, steps, seed)
+            best[name] = max(best.get(name, 0.0), sps)
+            cpu[name].append(cpu_sps)
+            print(f"{name:22s} {sps:8.0f} env-steps/s  {cpu_sps:8.0f} env-steps/CPU-s")
+    figures: dict[str, dict[str, Any]] = {}
+    for name in order:
+        figures[name] = {"sps": best[name], "cpu_sps": max(cpu[name])}
+        if name == "std":
+            continue
+        ratios = [m / s for m, s in zip(cpu[name], cpu["std"])]
+        figures[name].update(ratio_to_std=statistics.median(ratios), ratio_range=[min(ratios), max(ratios)])
+        print(f"{name:22s} {figures[name]['ratio_to_std']:6.3f}x the paper std's env-steps per CPU-second "
+              f"({100 * (1 - figures[name]['ratio_to_std']):+.1f}% cost; median of {repeats}, "
+              f"range {min(ratios):.3f}-{max(ratios):.3f})")
+    return {"steps": steps, "repeats": repeats, "methods": figures}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -116,6 +175,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--steps and --repeats must be >= 1, got {args.steps} and {args.repeats}")
     steps = -(-args.steps // 2048) * 2048
     torch.set_num_threads(1)
+    if args.methods:
+        return _method_costs(method_names(args.methods), steps, args.seed, args.repeats)
     variants = {"ours_sps": lambda: _ours(steps, args.seed, "sb3_settings"),
                 "sb3_sps": lambda: _sb3(steps, args.seed),
                 "ours_paper_std_sps": lambda: _ours(steps, args.seed, "paper_std"),
