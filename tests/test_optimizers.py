@@ -1,4 +1,4 @@
-"""The optimizer registry and the optimizers it adds: UPGD, IDBD and Autostep."""
+"""The optimizer registry and the optimizers it adds: UPGD, IDBD, Autostep and MetaAdam."""
 
 import copy
 import inspect
@@ -15,6 +15,7 @@ from rl_plasticity.core.builders import (
     OPTIMIZERS,
     build_learner,
 )
+from rl_plasticity.core.meta_adam import MetaAdam
 from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.optim import SGD, Adam
 from rl_plasticity.core.step_size import IDBD, Autostep
@@ -32,6 +33,7 @@ OPTIONS = {
     "upgd": {"beta_utility": 0.9, "sigma": 0.1},
     "idbd": {"meta_step_size": 0.1},
     "autostep": {"meta_step_size": 0.1, "tau": 100.0},
+    "meta_adam": {"betas": (0.9, 0.99), "meta_step_size": 0.1, "trace_decay": 0.9},
 }
 
 
@@ -63,10 +65,10 @@ def _train(net, opt, data, steps):
 
 
 def test_optimizer_section_is_derived_from_the_registry():
-    assert list(OPTIMIZERS) == ["sgd", "adam", "upgd", "idbd", "autostep"]
+    assert list(OPTIMIZERS) == ["sgd", "adam", "upgd", "idbd", "autostep", "meta_adam"]
     # Today's keys first, in today's order and with today's values; then one subsection per new optimizer.
     assert list(OPTIMIZER_DEFAULTS) == ["name", "lr", "momentum", "betas", "eps", "weight_decay",
-                                        "upgd", "idbd", "autostep"]
+                                        "upgd", "idbd", "autostep", "meta_adam"]
     assert {k: OPTIMIZER_DEFAULTS[k] for k in list(OPTIMIZER_DEFAULTS)[:6]} == {
         "name": "sgd", "lr": 0.01, "momentum": 0.0, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
     assert OPTIMIZER_DEFAULTS["upgd"] == {"beta_utility": 0.999, "sigma": 0.001}
@@ -104,7 +106,9 @@ def test_set_reaches_an_optimizers_own_subsection():
                                     r"\(did you mean 'optimizer\.upgd\.sigma'\?\)$")),
     ("optimizer.upgdd.sigma=0.01", r"^unknown config key 'optimizer\.upgdd' \(did you mean 'optimizer\.upgd'\?\)$"),
     ("optimizer.name=updg", (r"^config key 'optimizer\.name' must be one of 'sgd', 'adam', 'upgd', 'idbd', "
-                             r"'autostep', got 'updg'$")),
+                             r"'autostep', 'meta_adam', got 'updg'$")),
+    ("optimizer.meta_adam.trace_decay=1", (r"^config key 'optimizer\.meta_adam\.trace_decay' must be in \[0, 1\), "
+                                           r"got 1\.0$")),
     ("optimizer.upgd.beta_utility=1", r"^config key 'optimizer\.upgd\.beta_utility' must be in \[0, 1\), got 1\.0$"),
     ("optimizer.idbd.meta_step_size=-1", r"^config key 'optimizer\.idbd\.meta_step_size' must be >= 0, got -1\.0$"),
     ("optimizer.autostep.tau=0.5", r"^config key 'optimizer\.autostep\.tau' must be >= 1, got 0\.5$"),
@@ -119,6 +123,7 @@ def test_config_mistakes_give_one_line_errors(override, message):
     ("sgd", {"momentum": 0.5}), ("adam", {"betas": [0.8, 0.9], "eps": 1e-6}),
     ("upgd", {"upgd": {"beta_utility": 0.9, "sigma": 0.02}}), ("idbd", {"idbd": {"meta_step_size": 0.05}}),
     ("autostep", {"autostep": {"meta_step_size": 0.02, "tau": 50.0}}),
+    ("meta_adam", {"meta_adam": {"meta_step_size": 0.02, "trace_decay": 0.9}}),
 ])
 def test_build_learner_builds_each_optimizer_from_its_section(name, own):
     cfg = copy.deepcopy(METHOD_DEFAULTS)
@@ -130,7 +135,7 @@ def test_build_learner_builds_each_optimizer_from_its_section(name, own):
     assert (opt.lr, opt.weight_decay) == (0.02, 1e-3)
     options = own.get(name, own)
     expected = {"momentum": "momentum", "eps": "eps", "beta_utility": "beta_utility", "sigma": "sigma",
-                "meta_step_size": "meta_step_size", "tau": "tau"}
+                "meta_step_size": "meta_step_size", "tau": "tau", "trace_decay": "trace_decay"}
     for key, value in options.items():
         if key == "betas":
             assert [opt.beta1, opt.beta2] == value
@@ -298,6 +303,112 @@ def test_autostep_effective_step_never_exceeds_one(exact_curvature):
     assert max(effective) > 0.999  # the bound was reached, so the check above checked something
 
 
+# --------------------------------------------------------------------------- MetaAdam
+
+
+def test_meta_adam_reads_adams_betas_and_eps_beside_its_own_subsection():
+    cfg = copy.deepcopy(METHOD_DEFAULTS)
+    cfg["optimizer"].update(name="meta_adam", lr=0.02, betas=[0.8, 0.9], eps=1e-6)
+    net = _net()
+    opt = build_learner(net.parameters(), net.groups, cfg, [None, None]).optimizer
+    assert (opt.beta1, opt.beta2, opt.eps, opt.meta_step_size, opt.trace_decay) == (0.8, 0.9, 1e-6, 0.01, 0.99)
+
+
+def test_meta_adam_two_weights_by_hand():
+    """Plain-Python rule of the module docstring over 80 steps of L = (w - y)^2 / 2: betas (0.5, 0.6) make
+    1 - beta^t round to 1 within those steps, so both the bias-corrected and the plain Adam step are covered."""
+    lr, b1, b2, eps, wd, theta, gamma = 0.05, 0.5, 0.6, 1e-8, 0.01, 0.1, 0.8
+    w = [torch.tensor([[0.5]], dtype=torch.float64), torch.tensor([[-1.0]], dtype=torch.float64)]
+    opt = MetaAdam(w, lr, betas=(b1, b2), eps=eps, weight_decay=wd, meta_step_size=theta, trace_decay=gamma)
+    data = torch.Generator().manual_seed(0)
+    ref = [{"w": 0.5, "m": 0.0, "v": 0.0, "log_alpha": math.log(lr), "e": 0.0},
+           {"w": -1.0, "m": 0.0, "v": 0.0, "log_alpha": math.log(lr), "e": 0.0}]
+    for t in range(1, 81):
+        targets = (torch.randn(2, generator=data, dtype=torch.float64) + 2.0).tolist()
+        for r, y in zip(ref, targets):
+            g = (r["w"] - y) + wd * r["w"]
+            r["m"] = b1 * r["m"] + (1 - b1) * g
+            r["v"] = b2 * r["v"] + (1 - b2) * g * g
+            d = math.sqrt(r["v"]) / math.sqrt(1 - b2 ** t) + eps
+            u = r["m"] / (1 - b1 ** t) / d
+            r["log_alpha"] -= theta * (1 - gamma) * (g / d) * r["e"]
+            r["w"] -= math.exp(r["log_alpha"]) * u
+            r["e"] = gamma * r["e"] - u
+        opt.step([p - y for p, y in zip(w, targets)])
+        assert [float(p) for p in w] == pytest.approx([r["w"] for r in ref], rel=1e-12, abs=1e-14)
+        assert [float(a) for a in opt.step_sizes()] == pytest.approx([math.exp(r["log_alpha"]) for r in ref],
+                                                                     rel=1e-12)
+        assert [float(e) for e in opt.state["trace"]] == pytest.approx([r["e"] for r in ref], rel=1e-12, abs=1e-14)
+    assert opt.max_power < opt.negligible  # the plain path was reached
+    assert all(abs(r["log_alpha"] - math.log(lr)) > 0.1 for r in ref)  # the step sizes did move
+
+
+def test_meta_adam_without_meta_steps_is_adam():
+    nets = [_net(), _net()]
+    opts = [MetaAdam(list(nets[0].parameters()), 0.05, betas=(0.9, 0.99), weight_decay=0.01, meta_step_size=0.0),
+            Adam(nets[1].parameters(), 0.05, betas=(0.9, 0.99), weight_decay=0.01)]
+    for net, opt in zip(nets, opts):
+        _train(net, opt, torch.Generator().manual_seed(2), 20)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(a, torch.full_like(a, 0.05), rtol=1e-6, atol=0) for a in opts[0].step_sizes())
+
+
+@pytest.mark.parametrize("target, grows", [("far", True), ("noise", False)])
+def test_meta_adam_grows_steps_that_keep_going_and_shrinks_steps_that_only_follow_noise(target, grows):
+    # A target 10 away: Adam's steps of ~lr all point the same way, so each step's gradient agrees with the
+    # recent steps and the step size grows. A target that is pure noise around 0: each step is undone by the next
+    # gradient, so the step size shrinks.
+    lr = 1e-3 if grows else 0.1
+    w = torch.zeros(1, 1, dtype=torch.float64)
+    opt = MetaAdam([w], lr, meta_step_size=0.1, trace_decay=0.9)
+    data = torch.Generator().manual_seed(0)
+    for _ in range(2000):
+        y = 10.0 if grows else torch.randn(1, 1, generator=data, dtype=torch.float64)
+        opt.step([w - y])
+    alpha = float(opt.step_sizes()[0])
+    assert alpha > 100 * lr if grows else alpha < 0.7 * lr
+
+
+def test_meta_adam_reset_after_the_bias_corrections_ran_out_restarts_them():
+    # betas (0.5, 0.6): after 60 steps 1 - beta^t is exactly 1 for every float32 weight (the plain Adam path);
+    # a replaced unit must still get a fresh parameter's bias-corrected first update.
+    def make(net):
+        return MetaAdam(list(net.parameters()), 0.05, betas=(0.5, 0.6), meta_step_size=0.1)
+
+    net = _net()
+    opt = make(net)
+    _train(net, opt, torch.Generator().manual_seed(3), 60)
+    assert opt.max_power < opt.negligible
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 3] = True
+    for pu in net.groups[0].all_params():
+        opt.reset_units(pu, mask)
+    twin = _net()
+    with torch.no_grad():
+        for a, b in zip(twin.parameters(), net.parameters()):
+            a.copy_(b)
+    fresh = make(twin)
+    grads = _grads(net, torch.Generator().manual_seed(5))
+    for n, o in ((net, opt), (twin, fresh)):
+        o.step([g.clone() for g in grads])
+    for pu, twin_pu in zip(net.groups[0].all_params(), twin.groups[0].all_params()):
+        assert torch.equal(pu.units()[mask], twin_pu.units()[mask])
+    assert opt.max_power < 1.0  # corrected again, until the reset unit is old
+
+
+def test_state_lives_in_flat_buffers_that_each_parameters_state_views():
+    net = _net()
+    opt = MetaAdam(list(net.parameters()), 0.05)
+    sizes = [p[0].numel() for p in net.parameters()]
+    assert opt.flat["trace"].shape == (2, sum(sizes))
+    for i, p in enumerate(net.parameters()):
+        assert opt.state["trace"][i].shape == p.shape
+        assert opt.state["trace"][i].untyped_storage().data_ptr() == opt.flat["trace"].untyped_storage().data_ptr()
+    with pytest.raises(ValueError, match=r"^MetaAdam needs every parameter with the same replica count"):
+        MetaAdam([torch.zeros(2, 3), torch.zeros(3, 3)], 0.05)
+
+
 # --------------------------------------------------------------------------- shared guarantees
 
 
@@ -398,6 +509,10 @@ def test_three_replicas_compute_what_three_single_runs_compute(name):
     (lambda p: IDBD(p, 0.1, meta_step_size=-0.1), r"^IDBD meta_step_size must be >= 0, got -0\.1$"),
     (lambda p: Autostep(p, 0.1, tau=0.5), r"^Autostep tau must be >= 1, got 0\.5$"),
     (lambda p: Autostep(p, 0.1, weight_decay=-1.0), r"^Autostep weight_decay must be >= 0, got -1\.0$"),
+    (lambda p: MetaAdam(p, 0.1, meta_step_size=-1.0), r"^MetaAdam meta_step_size must be >= 0, got -1\.0$"),
+    (lambda p: MetaAdam(p, 0.1, trace_decay=1.0), r"^MetaAdam trace_decay must be in \[0, 1\), got 1\.0$"),
+    (lambda p: MetaAdam(p, 0.1, betas=(0.9, 1.0)), r"^MetaAdam betas must be a list of 2 numbers, each in \[0, 1\)"),
+    (lambda p: MetaAdam(p, 0.1, eps=0.0), r"^MetaAdam eps must be > 0, got 0\.0$"),
 ])
 def test_bad_options_are_refused(make, message):
     with pytest.raises(ValueError, match=message):

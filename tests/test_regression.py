@@ -119,6 +119,7 @@ def test_resume_after_sigterm_equals_an_uninterrupted_run(tmp_path):
                              "--out", str(stopped), *sets], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     while not list((stopped / "checkpoints").glob("ckpt-*.pt")) if (stopped / "checkpoints").exists() else True:
+        assert proc.poll() is None, proc.communicate()[1]  # a child that died early fails the test, never hangs it
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)

@@ -12,6 +12,7 @@ from rl_plasticity.core.methods import ContinualBackprop, Reset
 from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.optim import Adam
 from rl_plasticity.core.resnet import ResNet18
+from rl_plasticity.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,13 +197,17 @@ def test_regression_signals_each_bit_flip_to_the_methods_only_when_asked():
 
     small = ["stream.change_every=500", "bin_size=500", "examples=1500", "log.metrics_every=500",
              "log.probe_size=100", "log.checkpoint_every=500", "reset.enabled=true"]
-    for signal, resets in ((False, 0), (True, 3)):
-        cfg, _ = resolve_config(read_yaml(ROOT / "configs/regression/bp.yaml"),
-                                [*small, f"stream.signal_task_switch={str(signal).lower()}"])
-        run = RegressionRun(cfg, [0, 1])
-        while not run.done():
-            run.advance(_NoLogs())
-        assert run.learner.methods[-1].resets == resets
+    cfg, _ = resolve_config(read_yaml(ROOT / "configs/regression/bp.yaml"), [*small, "stream.signal_task_switch=true"])
+    run = RegressionRun(cfg, [0, 1])
+    while not run.done():
+        run.advance(_NoLogs())
+    assert run.learner.methods[-1].resets == 3
+    # Unsignalled, a reset at task switches would never act: the config is refused, naming the key to set.
+    with pytest.raises(UserError, match=r"'reset' acts at each task switch, which regression never signals; "
+                                        r"set stream.signal_task_switch: true"):
+        resolve_config(read_yaml(ROOT / "configs/regression/bp.yaml"), small)
+    # A reset every N steps needs no signal.
+    resolve_config(read_yaml(ROOT / "configs/regression/bp.yaml"), [*small, "reset.when=steps"])
 
 
 class _NoLogs:
@@ -234,6 +239,7 @@ def test_ppo_acts_through_the_injected_head():
 
 @pytest.mark.parametrize("signal, resets", [(False, 0), (True, 2)])
 def test_ppo_tells_the_methods_of_a_physics_change_only_when_asked(signal, resets):
+    # (Unsignalled, `reset.when: task_switch` is refused by check(); validate alone lets it through here.)
     from rl_plasticity.config import validate
     from rl_plasticity.problems.mujoco_ppo import DEFAULTS, PPORun
 
@@ -319,3 +325,28 @@ def test_units_replaced_after_an_injection_reach_the_output_through_no_frozen_we
     after = net(x).detach()
     # The replaced units' mean contribution moved into the bias: the output is unchanged on average.
     assert torch.allclose(after.mean(1), before.mean(1), atol=1e-5)
+
+
+def test_problems_refuse_methods_configured_to_act_at_points_they_never_signal(tmp_path):
+    from rl_plasticity.cli import main
+
+    bp = str(ROOT / "configs/regression/bp.yaml")
+    for sets, message in ((["hare_tortoise.enabled=true"], "'hare_tortoise' acts at the end of each epoch"),
+                          (["hare_tortoise.enabled=true", "hare_tortoise.reset_on=task_switch"],
+                           "set stream.signal_task_switch: true")):
+        args = ["train", bp, "--out", str(tmp_path / "r")] + [x for s in sets for x in ("--set", s)]
+        with pytest.raises(UserError, match=message):
+            resolve(bp, sets)
+        assert main(args) == 2 and not (tmp_path / "r").exists()
+    # A combination a method refuses while it is built is a one-line config error too, not a traceback.
+    ppo = str(ROOT / "configs/friction_ant/std.yaml")
+    args = ["train", ppo, "--out", str(tmp_path / "p"), "--set", "reset.enabled=true", "--set", "reset.when=steps",
+            "--set", "reset.what=network", "--set", "reset.init=zero", "--set", "total_steps=64"]
+    assert main(args) == 2 and not (tmp_path / "p").exists()
+
+
+def resolve(path, sets):
+    from rl_plasticity.config import read_yaml
+    from rl_plasticity.problems import resolve_config
+
+    return resolve_config(read_yaml(path), sets)

@@ -20,11 +20,13 @@ from torch import nn
 
 from rl_plasticity.config import OneOf
 from rl_plasticity.core.learner import Learner
+from rl_plasticity.core.meta_adam import MetaAdam
 from rl_plasticity.core.methods import METHODS, Target
 from rl_plasticity.core.optim import COMMON_RULES, SGD, Adam, Optimizer
 from rl_plasticity.core.step_size import IDBD, Autostep
 from rl_plasticity.core.units import UnitGroup
 from rl_plasticity.core.upgd import UPGD
+from rl_plasticity.errors import UserError
 
 # `optimizer.name` -> optimizer class.
 OPTIMIZERS: dict[str, type[Optimizer]] = {optimizer.name: optimizer for optimizer in (
@@ -33,6 +35,7 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {optimizer.name: optimizer for optimize
     UPGD,
     IDBD,
     Autostep,
+    MetaAdam,
 )}
 
 
@@ -87,7 +90,25 @@ def build_learner(params, groups: list[UnitGroup], cfg: dict, generators: list[t
     methods = []
     for name, method in METHODS.items():
         if cfg[name]["enabled"]:
-            built = method.from_config(cfg[name], target)
+            try:
+                built = method.from_config(cfg[name], target)
+            except ValueError as e:  # a combination the method refuses (e.g. a network it cannot act on)
+                raise UserError(f"config section '{name}': {e}") from None
             if built is not None:  # e.g. a method acting on units, and no unit groups
                 methods.append(built)
     return Learner(params, optimizer, methods)
+
+
+HOOK_WORDS = {"epoch": "the end of each epoch", "task_switch": "each task switch"}
+
+
+def check_method_hooks(cfg: dict, signalled: set[str], how: dict[str, str] | None = None) -> None:
+    """Refuse an enabled method configured to act at a point the problem never signals (`signalled`: a
+    subset of "epoch", "task_switch"), so that no method silently does nothing; `how` says, per point,
+    which key makes the problem signal it."""
+    for name, method in METHODS.items():
+        if cfg[name]["enabled"]:
+            for point in sorted(method.needs(cfg[name]) - signalled):
+                hint = f"; set {how[point]}" if how and point in how else ""
+                raise UserError(f"config section '{name}' acts at {HOOK_WORDS[point]}, which "
+                                f"{cfg['problem']} never signals{hint}")

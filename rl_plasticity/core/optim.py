@@ -86,6 +86,11 @@ class Optimizer:
         is a unit of reset_units (so an optimizer's own additions there, e.g. Adam's step bound, apply too)."""
         self.reset_units(ParamUnits(param, lambda t: t.view(t.shape[0], -1)), mask.reshape(mask.shape[0], -1))
 
+    def step_sizes(self) -> list[torch.Tensor] | None:
+        """Each parameter's per-weight step sizes, shaped like it, for optimizers that learn them (IDBD,
+        Autostep, MetaAdam: the step-size metrics read them); None for those that have none."""
+        return None
+
     def state_dict(self) -> dict:
         return {"state": {k: [t.clone() for t in v] for k, v in self.state.items()}}
 

@@ -39,6 +39,15 @@ x_i^2 and gets the textbook algorithms, which the tests check against a scalar I
 
 `lr` is the initial step size: a fresh weight (and a replaced unit, `reset_units`) has beta_i = log(lr) or
 alpha_i = lr, h_i = 0, v_i = 0. Changing `lr` later (an lr schedule) has no effect: the step sizes are learned.
+
+Which treatments of the curvature are sound for a nonlinear network, and the deep variant on top of Adam's
+normalised step (`meta_adam`, the one PPO accepts), are in core/meta_adam.py. The state of all three lives in one
+[R, N] buffer per name (`FlatStateOptimizer`): the arithmetic is the same, element by element, as per tensor.
+
+The step-size metrics (`step_size_metrics`, logged by regression, permuted MNIST and PPO under
+`plasticity/<net>/<layer>/step_size_*`): per layer, the 5%, 50% and 95% quantiles of its weights' step sizes,
+a histogram of their log10, and the fraction that has collapsed, below `log.collapsed_step_size` (default: a
+hundredth of `optimizer.lr`, see COLLAPSE_RATIO).
 """
 
 from __future__ import annotations
@@ -51,15 +60,61 @@ from rl_plasticity.config import Range
 from rl_plasticity.core.optim import Optimizer
 
 
-class StepSizeOptimizer(Optimizer):
+class FlatStateOptimizer(Optimizer):
+    """An optimizer whose state lives in one [R, N] tensor per state name (N: the weights of one replica).
+
+    The per-weight step-size optimizers do a dozen elementwise operations per step; on the supervised streams'
+    small nets (regression's 20-5-1: four tensors) the cost is dispatch, not arithmetic, and one operation over
+    every weight costs what one over a single tensor does. Each parameter's state is a view of the buffers
+    (`state[name][i]`), so per-unit resets, state_dict and load_state_dict work as for any optimizer; the
+    step (`_step`, also a buffer with views) reaches the parameters in one foreach subtraction.
+    """
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0):
+        super().__init__(params, lr, weight_decay)
+        self.flat: dict[str, torch.Tensor] = {}
+        if not self.params:
+            return
+        first = self.params[0]
+        if any((p.shape[0], p.dtype, p.device) != (first.shape[0], first.dtype, first.device) for p in self.params):
+            raise ValueError(f"{self.label} needs every parameter with the same replica count, dtype and device")
+        self.sizes = [p[0].numel() for p in self.params]
+        shape = (first.shape[0], sum(self.sizes))
+        self.flat = {name: torch.full(shape, value, dtype=first.dtype, device=first.device)
+                     for name, value in self.fresh_state.items()}
+        self.state = {name: self._views(t) for name, t in self.flat.items()}
+        self._step = torch.zeros(shape, dtype=first.dtype, device=first.device)
+        self._step_views = self._views(self._step)
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Each parameter's part of a [R, N] tensor, shaped like the parameter (views, not copies)."""
+        return [part.view(p.shape) for part, p in zip(flat.split(self.sizes, 1), self.params)]
+
+    def _flatten(self, tensors) -> torch.Tensor:
+        """Tensors shaped like the parameters -> one new [R, N] tensor."""
+        return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], 1)
+
+    def _apply_step(self) -> None:
+        """w <- w - step, for the step written into self._step."""
+        torch._foreach_sub_(self.params, self._step_views)
+
+    def _per_replica_sum(self, flat: torch.Tensor) -> torch.Tensor:
+        """[R, N] -> [R]: summed parameter by parameter, then over parameters (the order a per-tensor loop sums in,
+        so the numbers do not depend on the state's layout)."""
+        return torch.stack([part.sum(1) for part in flat.split(self.sizes, 1)]).sum(0)
+
+
+class StepSizeOptimizer(FlatStateOptimizer):
     """What IDBD and Autostep share: the curvature estimate c_i and the coupled weight decay."""
 
-    def _gradient_and_curvature(self, grads, curvature):
-        """g (with the L2 penalty's gradient) and c (g_loss^2 unless given, plus the penalty's wd)."""
-        c = torch._foreach_mul(grads, grads) if curvature is None else [t.clone() for t in curvature]
+    def _gradient_and_curvature(self, grads, curvature) -> tuple[torch.Tensor, torch.Tensor]:
+        """g (with the L2 penalty's gradient) and c (g_loss^2 unless given, plus the penalty's wd), flat [R, N]."""
+        g = self._flatten(grads)
+        c = g * g if curvature is None else self._flatten(curvature)
         if self.weight_decay:
-            torch._foreach_add_(c, self.weight_decay)
-        return self._decayed(grads), c
+            c.add_(self.weight_decay)
+            g.add_(self._flatten(self.params), alpha=self.weight_decay)
+        return g, c
 
 
 IDBD_DEFAULTS = {"meta_step_size": 0.01}
@@ -78,21 +133,19 @@ class IDBD(StepSizeOptimizer):
 
     @torch.no_grad()
     def step(self, grads, curvature=None):
+        if not self.params:
+            return
         g, c = self._gradient_and_curvature(grads, curvature)
-        beta, h = self.state["beta"], self.state["h"]
-        torch._foreach_add_(beta, torch._foreach_mul(g, h), alpha=-self.meta_step_size)
-        alpha = torch._foreach_exp(beta)
-        step = torch._foreach_mul(alpha, g)  # alpha_i * g_i
-        torch._foreach_sub_(self.params, step)
-        decay = torch._foreach_mul(alpha, c)
-        torch._foreach_neg_(decay)
-        torch._foreach_add_(decay, 1.0)
-        torch._foreach_clamp_min_(decay, 0.0)  # [1 - alpha_i c_i]^+
-        torch._foreach_mul_(h, decay)
-        torch._foreach_sub_(h, step)
+        beta, h = self.flat["beta"], self.flat["h"]
+        beta.add_(g * h, alpha=-self.meta_step_size)
+        alpha = beta.exp()
+        step = torch.mul(alpha, g, out=self._step)  # alpha_i * g_i
+        self._apply_step()
+        decay = (alpha * c).neg_().add_(1.0).clamp_min_(0.0)  # [1 - alpha_i c_i]^+
+        h.mul_(decay).sub_(step)
 
     def step_sizes(self) -> list[torch.Tensor]:
-        return torch._foreach_exp(self.state["beta"])
+        return self._views(self.flat["beta"].exp()) if self.params else []
 
 
 AUTOSTEP_DEFAULTS = {"meta_step_size": 0.01, "tau": 10000.0}
@@ -114,21 +167,62 @@ class Autostep(StepSizeOptimizer):
         if not self.params:
             return
         g, c = self._gradient_and_curvature(grads, curvature)
-        alpha, h, v = self.state["alpha"], self.state["h"], self.state["v"]
-        for a_i, h_i, v_i, g_i, c_i in zip(alpha, h, v, g, c):
-            z = g_i * h_i  # -delta x_i h_i: the meta-gradient of log alpha_i
-            abs_z = z.abs()
-            v_i.copy_(torch.maximum(abs_z, v_i + a_i * c_i * (abs_z - v_i) / self.tau))
-            moving = v_i > 0
-            a_i.mul_(torch.where(moving, torch.exp(-self.meta_step_size * z / torch.where(moving, v_i, 1.0)), 1.0))
+        alpha, h, v = self.flat["alpha"], self.flat["h"], self.flat["v"]
+        z = g * h  # -delta x_i h_i: the meta-gradient of log alpha_i
+        abs_z = z.abs()
+        torch.maximum(abs_z, v + alpha * c * (abs_z - v) / self.tau, out=v)
+        # Unchanged while v_i = 0 (then z_i = 0 too, as v_i >= |z_i|, and the factor is exp(-0) = 1 exactly).
+        alpha.mul_(torch.exp(-self.meta_step_size * z / torch.where(v > 0, v, 1.0)))
         # M per replica: the effective step of all that replica's weights, at least 1.
-        effective = torch.stack([(a_i * c_i).flatten(1).sum(1) for a_i, c_i in zip(alpha, c)]).sum(0)
-        normaliser = effective.clamp_min(1.0)
-        for p, a_i, h_i, g_i, c_i in zip(self.params, alpha, h, g, c):
-            a_i.div_(normaliser.view(-1, *[1] * (p.dim() - 1)))
-            step = a_i * g_i
-            p.sub_(step)
-            h_i.mul_(1 - a_i * c_i).sub_(step)
+        alpha.div_(self._per_replica_sum(alpha * c).clamp_min(1.0).unsqueeze(1))
+        step = torch.mul(alpha, g, out=self._step)
+        self._apply_step()
+        h.mul_(1 - alpha * c).sub_(step)
 
     def step_sizes(self) -> list[torch.Tensor]:
-        return [a.clone() for a in self.state["alpha"]]
+        return self._views(self.flat["alpha"].clone()) if self.params else []
+
+
+# --------------------------------------------------------------------------- metrics of learned step sizes
+
+# A weight's step size has collapsed when it is below `log.collapsed_step_size`; null (the default) means this
+# fraction of the initial step size (`optimizer.lr`). At a hundredth of its start a weight needs a hundred times
+# as many examples to move as far (a regression phase of 10,000 examples then teaches it what 100 did), and
+# IDBD's own change of log alpha is proportional to alpha, so it also recovers a hundred times slower: a weight
+# that has practically stopped learning, a loss of plasticity that dormant-unit counts do not see.
+COLLAPSE_RATIO = 1e-2
+STEP_SIZE_LOG_DEFAULTS = {"collapsed_step_size": None}
+STEP_SIZE_LOG_RULES = {"log.collapsed_step_size": Range(low=0, low_open=True)}
+QUANTILES = (0.05, 0.5, 0.95)
+
+
+def collapse_threshold(cfg: dict) -> float:
+    """The step size below which a weight counts as collapsed, from a resolved config."""
+    given = cfg["log"]["collapsed_step_size"]
+    return COLLAPSE_RATIO * cfg["optimizer"]["lr"] if given is None else float(given)
+
+
+@torch.no_grad()
+def step_size_metrics(optimizer: Optimizer, net, collapsed: float
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The learned step sizes of each layer's weights (biases left out, as the other weight metrics do), per
+    replica: scalars {'layer0/step_size_q05': [R], q50, q95, 'layer0/step_size_collapsed_fraction': [R]} and,
+    for histograms, {'layer0/step_size_log10': [R, weights]}. Both empty for optimizers without step sizes."""
+    sizes = optimizer.step_sizes()
+    if sizes is None:
+        return {}, {}
+    by_param = dict(zip(optimizer.params, sizes))
+    scalars, histograms = {}, {}
+    for i, layer in enumerate(net.layers):
+        alpha = by_param.get(layer.weight)
+        if alpha is None:
+            continue
+        alpha = alpha.flatten(1).double()
+        ordered = alpha.sort(1).values
+        for level in QUANTILES:  # torch.quantile's linear interpolation, without its limit of 2^24 values
+            position = level * (ordered.shape[1] - 1)
+            below, above = ordered[:, math.floor(position)], ordered[:, math.ceil(position)]
+            scalars[f"layer{i}/step_size_q{round(level * 100):02d}"] = below + (above - below) * (position % 1)
+        scalars[f"layer{i}/step_size_collapsed_fraction"] = (alpha < collapsed).double().mean(1)
+        histograms[f"layer{i}/step_size_log10"] = alpha.log10()
+    return scalars, histograms

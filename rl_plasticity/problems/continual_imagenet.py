@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from rl_plasticity.config import OneOf, Range
-from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
+from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner, check_method_hooks
 from rl_plasticity.core.convnet import CONV_INITS, ConvNet, LinearClassifier
 from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, net_metrics
 from rl_plasticity.datasets.imagenet32 import EXPECTED, load_imagenet32
@@ -94,6 +94,7 @@ RULES = {
 
 
 def check(cfg: dict) -> None:
+    check_method_hooks(cfg, {"epoch", "task_switch"})
     n = cfg["net"]
     for key in ("channels", "hidden"):
         if not n[key] or any(not isinstance(c, int) or c < 1 for c in n[key]):

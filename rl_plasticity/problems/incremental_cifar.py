@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from rl_plasticity.config import OneOf, Range
-from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
+from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner, check_method_hooks
 from rl_plasticity.core.metrics import (LOG_DEFAULTS, LOG_RULES, DistanceFromInit, dormant_fraction,
                                         dormant_fraction_per_position, net_metrics, stable_rank)
 from rl_plasticity.core.resnet import RESNET_GROUPS, ResNet18
@@ -95,6 +95,7 @@ RULES = {
 
 
 def check(cfg: dict) -> None:
+    check_method_hooks(cfg, {"epoch", "task_switch"})
     if cfg["classes_per_increment"] * cfg["increments"] > 100:
         raise UserError("config keys 'classes_per_increment' x 'increments' must be <= 100 (CIFAR-100 has 100 classes)")
     if cfg["data"]["path"] is None:

@@ -24,10 +24,16 @@ from rl_plasticity.agents.env_runner import EnvRunner
 from rl_plasticity.agents.ppo import ADVANTAGE_NORMALIZATIONS, NonFiniteLoss, PPOAgent, PPOSettings
 from rl_plasticity.agents.rollout import RolloutBuffer
 from rl_plasticity.config import LayerSizes, OneOf, Range
-from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES
+from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, check_method_hooks
 from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, gradient_metrics, probe_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, NORMS, mlp_config_problem
+from rl_plasticity.core.step_size import (
+    STEP_SIZE_LOG_DEFAULTS,
+    STEP_SIZE_LOG_RULES,
+    collapse_threshold,
+    step_size_metrics,
+)
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
 
@@ -83,16 +89,18 @@ DEFAULTS = {
     # latest rollout, through the nets that acted on them ("rollout", the paper's on-policy sampling), or
     # the first ones of the first rollout, as a fixed probe ("first_rollout").
     "log": {"metrics_every": 10_000, "probe": "rollout", "probe_size": 1000, "checkpoint_every": 500_000,
-            "return_window": 20, **LOG_DEFAULTS},
+            "return_window": 20, **LOG_DEFAULTS, **STEP_SIZE_LOG_DEFAULTS},
     # Evaluation episodes at the end of each physics phase (and of the run), logged under eval/;
     # they use their own env and random streams, so training's numbers do not change.
     "eval": {"at_phase_end": False, "episodes": 5, "deterministic": True, "video": False, "video_size": 240},
     "torch_threads": 1,
 }
 DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "name": "adam", "lr": 1e-4}
+# Optimizers PPO accepts: the others step by the raw gradient (see check).
+PPO_OPTIMIZERS = ("adam", "meta_adam")
 
 RULES = {
-    **METHOD_RULES, **LOG_RULES,
+    **METHOD_RULES, **LOG_RULES, **STEP_SIZE_LOG_RULES,
     "total_steps": Range(low=0, low_open=True),
     "env.change_every": Range(low=1),
     "env.max_episode_steps": Range(low=1),
@@ -127,6 +135,8 @@ RULES = {
 def check(cfg: dict) -> None:
     """Constraints that involve several keys or the installed envs."""
     env = cfg["env"]
+    check_method_hooks(cfg, {"epoch"} | ({"task_switch"} if env["signal_task_switch"] else set()),
+                       {"task_switch": "env.signal_task_switch: true"})
     ours = env["id"] in envs.REGISTERED_IDS
     # Checked before any run directory exists: ids that gymnasium lists but cannot build here (Ant-v2
     # needs the long-gone mujoco-py) are refused like unknown ones, suggesting only ids that work.
@@ -151,8 +161,11 @@ def check(cfg: dict) -> None:
                         f"'ppo.minibatch_size' ({p['minibatch_size']})")
     if cfg["eval"]["video"]:
         check_frame_size(cfg["eval"]["video_size"])
-    if cfg["optimizer"]["name"] != "adam":
-        raise UserError("config key 'optimizer.name' must be 'adam' for PPO (the paper's learners all use Adam)")
+    name = cfg["optimizer"]["name"]
+    if name not in PPO_OPTIMIZERS:  # sgd, upgd, idbd, autostep: one raw-gradient scale for both nets' losses
+        raise UserError(f"config key 'optimizer.name' must be 'adam' for PPO, or 'meta_adam' for learned per-weight "
+                        f"step sizes on Adam's step; got {name!r}: the critic's gradients are orders of magnitude "
+                        "larger than the actor's and need Adam's normalisation")
     problem = mlp_config_problem(cfg)
     if problem:
         raise UserError(problem)
@@ -241,8 +254,11 @@ class PPORun:
         except NonFiniteLoss as e:
             raise UserError(f"training diverged at step {self.steps} (update {self.updates + 1}): {e}; "
                             "no checkpoint was written for it - try a smaller optimizer.lr") from None
+        histograms = {}
         if measure:
             metrics.update(self.update_metrics())
+            step_sizes, histograms = self.step_size_metrics()
+            metrics.update(step_sizes)
         step = self.steps
         for ep in episodes:
             log.scalar("charts/episodic_return", ep.ret, ep.step)
@@ -256,6 +272,8 @@ class PPORun:
             log.scalar(method_stat_tag(key), value, step)
         for tag, value in metrics.items():
             log.scalar(tag, value, step)
+        for tag, values in histograms.items():
+            log.histogram(tag, values, step)
         if bar is not None:
             postfix = {"ret": f"{np.mean(self.returns):.0f}" if self.returns else "-"}
             if kind:
@@ -282,6 +300,16 @@ class PPORun:
         grads, grama_tau = self.agent.learner.latest_gradients(), self.cfg["log"]["grama_tau"]
         return {_metric_tag(name, key): float(value[0]) for name, net in self.nets.items()
                 for key, value in {**gradient_metrics(net, grads, grama_tau), **self.distance[name]()}.items()}
+
+    def step_size_metrics(self) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """Per layer of actor and critic, for optimizers that learn a step size per weight (meta_adam): the
+        quantiles and collapsed fraction of the weights' step sizes, and their log10 for histograms."""
+        scalars, histograms, collapsed = {}, {}, collapse_threshold(self.cfg)
+        for name, net in self.nets.items():
+            values, logs = step_size_metrics(self.agent.learner.optimizer, net, collapsed)
+            scalars.update({_metric_tag(name, key): float(v[0]) for key, v in values.items()})
+            histograms.update({_metric_tag(name, key): v[0] for key, v in logs.items()})
+        return scalars, histograms
 
     def state_dict(self) -> dict:
         return {"config": json.dumps(self.cfg, sort_keys=True), "seed": self.seed, "updates": self.updates,

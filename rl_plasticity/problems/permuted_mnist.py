@@ -16,10 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from rl_plasticity.config import LayerSizes, OneOf, Range
-from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
+from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner, check_method_hooks
 from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, net_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, MLP, NORMS, mlp_config_problem
+from rl_plasticity.core.step_size import (
+    STEP_SIZE_LOG_DEFAULTS,
+    STEP_SIZE_LOG_RULES,
+    collapse_threshold,
+    step_size_metrics,
+)
 from rl_plasticity.datasets.mnist import EXPECTED, mnist
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
@@ -41,12 +47,12 @@ DEFAULTS = {
     "examples_per_task": None,  # None: one pass over the training images
     "net": {"hidden": [2000, 2000, 2000], "activation": "relu", "init": "kaiming", "norm": "none"},
     **METHOD_DEFAULTS,
-    "log": {"chunk": 2000, "probe_size": 1000, "checkpoint_every_tasks": 1, **LOG_DEFAULTS},
+    "log": {"chunk": 2000, "probe_size": 1000, "checkpoint_every_tasks": 1, **LOG_DEFAULTS, **STEP_SIZE_LOG_DEFAULTS},
 }
 DEFAULTS["optimizer"] = {**METHOD_DEFAULTS["optimizer"], "lr": 0.003}
 
 RULES = {
-    **METHOD_RULES, **DEVICE_RULE, **LOG_RULES,
+    **METHOD_RULES, **DEVICE_RULE, **LOG_RULES, **STEP_SIZE_LOG_RULES,
     "tasks": Range(low=1),
     "examples_per_task": Range(low=1),
     "net.activation": OneOf(*ACTIVATIONS),
@@ -60,6 +66,7 @@ RULES = {
 
 
 def check(cfg: dict) -> None:
+    check_method_hooks(cfg, {"task_switch"})
     check_data_path(cfg, EXPECTED)
     problem = mlp_config_problem(cfg)
     if problem:
@@ -147,6 +154,11 @@ class PermutedMNISTRun:
         for name, values in net_metrics(self.net, probe, self.learner.latest_gradients(), self.distance,
                                         tau=L["dormant_tau"], grama_tau=L["grama_tau"]).items():
             logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
+        scalars, histograms = step_size_metrics(self.learner.optimizer, self.net, collapse_threshold(self.cfg))
+        for name, values in scalars.items():
+            logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
+        for name, values in histograms.items():
+            logs.histogram(f"plasticity/net/{name}", values, step)
         logs.scalars({method_stat_tag(k, "net"): v for k, v in self.learner.stats().items()}, step)
         if bar is not None:
             bar.set_postfix(task=len(self.accuracies), acc=f"{sum(acc) / len(acc):.3f}")

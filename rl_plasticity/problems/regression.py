@@ -12,10 +12,16 @@ from pathlib import Path
 import torch
 
 from rl_plasticity.config import LayerSizes, OneOf, Range
-from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner
+from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner, check_method_hooks
 from rl_plasticity.core.layers import INITS
 from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, WeightChange, net_metrics
 from rl_plasticity.core.networks import ACTIVATIONS, MLP, NORMS, mlp_config_problem
+from rl_plasticity.core.step_size import (
+    STEP_SIZE_LOG_DEFAULTS,
+    STEP_SIZE_LOG_RULES,
+    collapse_threshold,
+    step_size_metrics,
+)
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
 from rl_plasticity.problems.regression_stream import RegressionStream
@@ -37,11 +43,12 @@ DEFAULTS = {
                "flip_one": False, "signal_task_switch": False},
     "net": {"hidden": [5], "activation": "relu", "init": "kaiming", "norm": "none"},
     **METHOD_DEFAULTS,
-    "log": {"metrics_every": 20_000, "probe_size": 1000, "checkpoint_every": 100_000, **LOG_DEFAULTS},
+    "log": {"metrics_every": 20_000, "probe_size": 1000, "checkpoint_every": 100_000, **LOG_DEFAULTS,
+            **STEP_SIZE_LOG_DEFAULTS},
 }
 
 RULES = {
-    **METHOD_RULES, **LOG_RULES,
+    **METHOD_RULES, **LOG_RULES, **STEP_SIZE_LOG_RULES,
     "examples": Range(low=0, low_open=True),
     "bin_size": Range(low=0, low_open=True),
     "stream.inputs": Range(low=1),
@@ -61,6 +68,8 @@ RULES = {
 def check(cfg: dict) -> None:
     """Constraints that involve several keys."""
     s = cfg["stream"]
+    check_method_hooks(cfg, {"task_switch"} if s["signal_task_switch"] else set(),
+                       {"task_switch": "stream.signal_task_switch: true"})
     if s["slow_bits"] > s["inputs"]:
         raise UserError(f"config key 'stream.slow_bits' ({s['slow_bits']}) must be <= 'stream.inputs' ({s['inputs']})")
     if cfg["log"]["probe_size"] > s["change_every"]:
@@ -191,4 +200,9 @@ def _log_metrics(state: RegressionRun, probe: torch.Tensor, weight_change: Weigh
                                     tau=L["dormant_tau"], grama_tau=L["grama_tau"]).items():
         logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
     logs.per_seed("plasticity/net/weight_change", weight_change().tolist(), step)
+    scalars, histograms = step_size_metrics(state.learner.optimizer, state.net, collapse_threshold(state.cfg))
+    for name, values in scalars.items():
+        logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
+    for name, values in histograms.items():
+        logs.histogram(f"plasticity/net/{name}", values, step)
     logs.scalars({method_stat_tag(k, "net"): v for k, v in state.learner.stats().items()}, step)

@@ -171,6 +171,13 @@ class SeedLogs:
         if self.mean_log is not None:
             self.mean_log.scalar(tag, sum(values) / len(values), step)
 
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        """values [seeds, ...]: each seed's distribution into its run; all seeds' values together into the mean."""
+        for log, row in zip(self.seed_logs, values):
+            log.histogram(tag, row, step)
+        if self.mean_log is not None:
+            self.mean_log.histogram(tag, values, step)
+
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Values already averaged over seeds: into the mean run (the seed's own run with one seed)."""
         log = self.mean_log or self.seed_logs[0]

@@ -82,6 +82,12 @@ class PlasticityMethod:
         return cls(target.groups, target.optimizer, target.generators, **cls.options(section))
 
     @classmethod
+    def needs(cls, section: dict) -> set[str]:
+        """The points besides every optimizer step at which this configuration acts: "epoch" and/or
+        "task_switch". A problem that never signals one of them refuses the configuration."""
+        return set()
+
+    @classmethod
     def check(cls, options: dict[str, Any]) -> None:
         """Raise ValueError naming the first option that breaks its rule in `rules`.
 

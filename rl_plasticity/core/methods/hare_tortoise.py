@@ -65,6 +65,10 @@ class HareTortoise(PlasticityMethod):
     def from_config(cls, section, target):
         return cls(target.params, target.optimizer, target.nets, **cls.options(section))
 
+    @classmethod
+    def needs(cls, section: dict) -> set[str]:
+        return {section["reset_on"]} - {"steps"}
+
     @torch.no_grad()
     def after_step(self, learner=None) -> None:
         torch._foreach_lerp_(self.tortoise, self.hare, 1 - self.ema)

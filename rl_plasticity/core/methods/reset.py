@@ -76,6 +76,10 @@ class Reset(PlasticityMethod):
     def from_config(cls, section, target):
         return cls(target.nets, target.groups, target.optimizer, target.generators, **cls.options(section))
 
+    @classmethod
+    def needs(cls, section: dict) -> set[str]:
+        return {"task_switch"} if section["when"] == "task_switch" else set()
+
     def layers(self, net: nn.Module) -> list[nn.Module]:
         """The layers of `net` this reset re-initialises."""
         if self.what == "network":

@@ -22,6 +22,9 @@ artefacts of its bound bookkeeping).
 Replicas are clipped independently (element-wise); the bound is a property of the layer, the same for every
 replica. Units re-initialised by CBP or ReDo are drawn inside +-s_l, so for kappa >= 1 clipping never undoes a
 reset. The method has no state of its own.
+
+With CBP's bias transfer: the next layer's bias is clipped too, so a transferred mean that takes it past
+the bound is cut back in the same step (the output then moves where the transfer meant to keep it).
 """
 
 from __future__ import annotations
