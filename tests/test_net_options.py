@@ -314,3 +314,15 @@ def test_ppo_acts_as_its_torch_actor_and_trains(activation, norm):
     assert episodes and math.isfinite(losses["policy_loss"]) and math.isfinite(losses["value_loss"])
     assert sum(r.sum().item() for r in agent.learner.methods[0].replacements) > 0
     check_acting()  # the numpy views follow the optimizer's and CBP's in-place writes
+
+
+def test_ranks_of_a_crelu_layer_count_both_outputs_of_each_unit():
+    from rl_plasticity.core.metrics import probe_metrics, stable_rank
+
+    net = MLP([6, 4, 1], activation="crelu", init="kaiming")
+    net.reset_parameters([torch.Generator().manual_seed(0)])
+    probe = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))
+    rank = probe_metrics(net, probe)["layer0/stable_rank"]
+    h = net.layers[0](probe)
+    features = torch.cat([torch.relu(h), torch.relu(-h)], 1).unsqueeze(0)  # [1, 64, 8]: what layer 1 reads
+    assert torch.equal(rank, stable_rank(features)) and rank.item() > 4  # more than the 4 units alone could give

@@ -186,7 +186,8 @@ def probe_metrics(net, probe: torch.Tensor, dormant: str = "spatial_mean", tau: 
     """Run the probe batch through `net` and measure every unit group: {'layer0/dormant_fraction': [R], ...}.
 
     dormant: "spatial_mean" averages a conv unit's activation over positions, then applies dormant_fraction;
-    "official" is dormant_fraction_per_position. Ranks always use the position-averaged features.
+    "official" is dormant_fraction_per_position. Ranks use the position-averaged features, and both outputs of
+    a paired (CReLU) unit: the features the next layer reads.
     tau: ReDo's threshold of the tau-dormant fraction."""
     net(probe)
     out = {}
@@ -196,8 +197,9 @@ def probe_metrics(net, probe: torch.Tensor, dormant: str = "spatial_mean", tau: 
         out[f"{group.name}/dormant_fraction"] = (dormant_fraction_per_position(a)
                                                  if dormant == "official" else dormant_fraction(f))
         out[f"{group.name}/tau_dormant_fraction"] = tau_dormant_fraction(a, tau)
-        out[f"{group.name}/stable_rank"] = stable_rank(f)
-        out[f"{group.name}/effective_rank"] = effective_rank(f)
+        ranked = a.flatten(2) if group.mean_shape else f  # a paired (CReLU) unit's two outputs: 2U features
+        out[f"{group.name}/stable_rank"] = stable_rank(ranked)
+        out[f"{group.name}/effective_rank"] = effective_rank(ranked)
         out[f"{group.name}/feature_norm"] = feature_norm(a)
     for i, layer in enumerate(net.layers):
         out[f"layer{i}/mean_abs_weight"] = mean_abs_weight(layer.weight)
