@@ -16,6 +16,7 @@ import numpy as np
 
 from rl_plasticity.problems.mujoco_env import Physics, make_eval_env
 from rl_plasticity.run.loop import Callback
+from rl_plasticity.run.stats import mean_se
 from rl_plasticity.run.video import caption
 
 _EVAL_STREAM = 0xE7A1  # mixed into evaluation seeds during training, apart from training's streams
@@ -74,9 +75,9 @@ class Evaluation:
 
 
 def standard_error(values) -> float:
-    """Sample standard deviation / sqrt(n); NaN for fewer than two values."""
-    values = np.asarray(values, np.float64)
-    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    """run.stats.mean_se's standard error, NaN (a float the CSV and plots take) for fewer than two values."""
+    se = mean_se([float(v) for v in values])["se"]
+    return math.nan if se is None else se
 
 
 def run_episodes(policy: Policy, cfg: dict, target: Physics | None, episodes: int, seed: int,
