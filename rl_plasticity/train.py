@@ -9,14 +9,15 @@ from rl_plasticity.errors import UserError
 from rl_plasticity.problems import resolve_config
 from rl_plasticity.run.checkpoint import CHECKPOINT_DIR
 from rl_plasticity.run.progress import GracefulStop
+from rl_plasticity.run.seeding import MAX_SEEDS
 from rl_plasticity.run.rundir import (default_run_dir, new_run_dir, read_run_info, remove_temporaries,
                                       write_run_info)
 
 
 def _seeds(args) -> list[int]:
     if args.seeds is not None:
-        if args.seeds < 1:
-            raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+        if not 1 <= args.seeds <= MAX_SEEDS:
+            raise UserError(f"--seeds must be between 1 and {MAX_SEEDS:,}, got {args.seeds}")
         return list(range(args.seeds))
     seed = 0 if args.seed is None else args.seed
     if seed < 0:

@@ -409,3 +409,14 @@ def test_force_replaces_a_run_directory(tmp_path, capsys):
     assert cli_main(["train", R, "--out", str(out), "--force", *sets(*REGRESSION)]) == 0
     assert not (out / "error.log").exists() and (out / "results.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the replaced run is gone, nothing beside it
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "regression/bp.yaml", "--seeds", "0-100000000"], "at most 10,000 seeds"),
+    (["sweep", "regression/bp.yaml", "--seeds", "20000"], "at most 10,000 seeds"),
+    (["train", "regression/bp.yaml", "--seeds", "20000"], "between 1 and 10,000"),
+])
+def test_absurd_seed_counts_are_refused_at_once(tmp_path, capsys, args, message):
+    args = [args[0], config(args[1]), *args[2:], "--out", str(tmp_path / "out")]
+    assert cli_main(args) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 PURPOSES = {"init": 0, "data": 1, "method": 2, "env": 3, "sample": 4}
+MAX_SEEDS = 10_000  # more seeds in one command is a typo, not an experiment (and would not fit in memory)
 
 
 def derive_seed(seed: int, purpose: str) -> int:

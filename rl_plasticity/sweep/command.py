@@ -25,6 +25,7 @@ from rl_plasticity.errors import UserError
 from rl_plasticity.problems import resolve_config
 from rl_plasticity.run.progress import GracefulStop
 from rl_plasticity.run.rundir import atomic_write, package_versions
+from rl_plasticity.run.seeding import MAX_SEEDS
 from rl_plasticity.sweep.backends import BACKENDS
 from rl_plasticity.sweep.runs import STATE_DIR, RunSpec
 from rl_plasticity.sweep.status import StatusBoard
@@ -42,6 +43,8 @@ def parse_seeds(text: str) -> list[int]:
         n = int(text)
         if n < 1:
             raise UserError(f"--seeds {text}: give at least one seed, e.g. --seeds 0-29")
+        if n > MAX_SEEDS:
+            raise UserError(f"--seeds {text}: at most {MAX_SEEDS:,} seeds in one sweep")
         return list(range(n))
     seeds: list[int] = []
     for item in text.split(","):
@@ -51,6 +54,8 @@ def parse_seeds(text: str) -> list[int]:
         low, high = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
         if high < low:
             raise UserError(f"--seeds {text!r}: range {item.strip()} runs backwards")
+        if high - low + 1 + len(seeds) > MAX_SEEDS:
+            raise UserError(f"--seeds {text!r}: at most {MAX_SEEDS:,} seeds in one sweep")
         seeds.extend(range(low, high + 1))
     return sorted(set(seeds))
 
