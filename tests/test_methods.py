@@ -118,3 +118,22 @@ def test_adam_cheap_path_for_old_tensors_is_bit_identical_and_resets_go_back():
     fast.step([g])
     exact.step([g])
     assert torch.equal(p, q)
+
+
+def test_snp_leaves_ppo_log_std_alone_unless_its_scope_is_all():
+    import copy
+
+    from rl_plasticity.agents.ppo import PPOAgent, PPOSettings
+    from rl_plasticity.core.builders import METHOD_DEFAULTS
+
+    for scope, moved in (("networks", False), ("all", True)):
+        cfg = copy.deepcopy(METHOD_DEFAULTS)
+        cfg["optimizer"].update(name="adam", lr=1e-3)
+        cfg["snp"].update(enabled=True, noise_std=0.1, scope=scope)
+        agent = PPOAgent(4, 2, [8, 8], "relu", "lecun", 0.0, PPOSettings(), cfg, torch.Generator().manual_seed(0),
+                         [torch.Generator().manual_seed(1)], torch.Generator().manual_seed(2))
+        snp = agent.learner.methods[0]
+        weight = agent.actor.layers[0].weight.detach().clone()
+        snp.after_step()
+        assert bool(torch.any(agent.log_std != 0)) == moved  # the official PPO perturbs the nets only
+        assert not torch.equal(agent.actor.layers[0].weight, weight)

@@ -11,24 +11,31 @@ from __future__ import annotations
 
 import torch
 
-from rl_plasticity.config import Range
+from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.methods.base import PlasticityMethod
 
 MAX_CHUNK_STEPS = 256
 BUFFER_NUMBERS = 2**20  # per replica
 
 # The `snp` config section: its defaults and rules, declared here only.
-DEFAULTS = {"enabled": False, "shrink": 0.0, "noise_std": 0.0}
-RULES = {"shrink": Range(low=0, high=1, high_open=True), "noise_std": Range(low=0)}
+# scope: "networks" acts on the parameters of the networks (the official code's choice in both PPO, which
+# leaves the log-std alone, and the supervised problems, whose parameters are all in the network); "all" also
+# on the learner's other parameters (PPO's log-std).
+DEFAULTS = {"enabled": False, "shrink": 0.0, "noise_std": 0.0, "scope": "networks"}
+RULES = {"shrink": Range(low=0, high=1, high_open=True), "noise_std": Range(low=0), "scope": OneOf("networks", "all")}
 
 
 class ShrinkPerturb(PlasticityMethod):
     name, label, defaults, rules = "snp", "SNP", DEFAULTS, RULES
 
-    def __init__(self, params: list[torch.nn.Parameter], generators, shrink: float = DEFAULTS["shrink"],
-                 noise_std: float = DEFAULTS["noise_std"]):
+    def __init__(self, params: list[torch.nn.Parameter], generators, nets=(), shrink: float = DEFAULTS["shrink"],
+                 noise_std: float = DEFAULTS["noise_std"], scope: str = DEFAULTS["scope"]):
+        """`params`: the learner's parameters; with scope "networks", those of them inside `nets` (all of
+        them when no nets are given)."""
         self.check(locals())
-        self.params, self.generators = list(params), generators
+        in_nets = {id(p) for net in nets for p in net.parameters()}
+        self.params = [p for p in params if scope == "all" or not nets or id(p) in in_nets]
+        self.generators = generators
         self.shrink, self.noise_std = shrink, noise_std
         # Every param has the replica axis first; a replica's slice of all params is one flat vector.
         self.sizes = [p[0].numel() for p in self.params]
@@ -38,7 +45,7 @@ class ShrinkPerturb(PlasticityMethod):
 
     @classmethod
     def from_config(cls, section, target):
-        return cls(target.params, target.generators, **cls.options(section))
+        return cls(target.params, target.generators, nets=target.nets, **cls.options(section))
 
     def _next_noise(self) -> list[torch.Tensor]:
         if self.position == self.chunk_steps:
