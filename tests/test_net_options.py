@@ -250,15 +250,6 @@ REGRESSION = {"problem": "regression", "examples": 300, "bin_size": 100,
                                                        "checkpoint_every": 100}}
 
 
-@pytest.fixture
-def one_thread():
-    """As the regression run sets it (rl_plasticity/problems/regression.py): with tiny tensors, threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def regression_config(*overrides):
     return resolve_config(REGRESSION, list(overrides))[0]
 
