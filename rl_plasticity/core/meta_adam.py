@@ -51,7 +51,7 @@ network or per layer, and per weight a sign would move every log step size by th
 the evidence.
 
 Where the toolkit departs from that reference code, and why:
-- a step size per weight, as the issue and IDBD have it, not one per network or layer;
+- a step size per weight, as IDBD has it, not one per network or layer;
 - the trace accumulates Adam's own direction u (momentum included), the exact derivative under the Hessian-free
   approximation; the reference accumulates alpha g / d;
 - weight decay is coupled (g includes wd * w, as the toolkit's Adam); its Hessian wd is dropped with the rest;
