@@ -137,3 +137,27 @@ def test_snp_leaves_ppo_log_std_alone_unless_its_scope_is_all():
         snp.after_step()
         assert bool(torch.any(agent.log_std != 0)) == moved  # the official PPO perturbs the nets only
         assert not torch.equal(agent.actor.layers[0].weight, weight)
+
+
+def test_redo_interval_scores_average_every_step_since_the_last_check():
+    from rl_plasticity.core.methods import ReDo
+    from rl_plasticity.core.networks import MLP
+    from rl_plasticity.core.optim import SGD
+
+    net = MLP([1, 2, 1], activation="relu", init="kaiming")
+    with torch.no_grad():  # unit 0 computes relu(x), unit 1 relu(-x): each is off for half of the inputs
+        net.layers[0].weight[0] = torch.tensor([[1.0], [-1.0]])
+        net.layers[0].bias.zero_()
+    opt = SGD(net.parameters(), lr=0.0)
+    batch = ReDo(net.groups, opt, [torch.Generator().manual_seed(0)], threshold=0.1, every=2)
+    interval = ReDo(net.groups, opt, [torch.Generator().manual_seed(0)], threshold=0.1, every=2,
+                    score_over="interval")
+    for x in (1.0, -1.0):  # one example per step, as the online streams feed
+        net(torch.tensor([[x]]))
+        interval.after_step()
+    # Over the interval each unit was active once: scores (1/2) / (1/2) = 1, nobody dormant.
+    assert int(interval.resets[0].sum()) == 0 and torch.all(interval.sums[0] == 0)
+    for x in (1.0, -1.0):
+        net(torch.tensor([[x]]))
+        batch.after_step()
+    assert int(batch.resets[0].sum()) == 1  # the latest single example: unit 0 looked dead, and was reset
