@@ -225,7 +225,7 @@ CASES = {
     "override bad YAML": (["train", R, *sets("net.hidden=[1,")], ["malformed value", "net.hidden"]),
     "override bad list": (["train", R, *sets("net.hidden=[0]")], ["net.hidden", "positive integers"]),
     # seeds and arguments
-    "no seeds": (["train", R, "--seeds", "0"], ["--seeds must be >= 1"]),
+    "no seeds": (["train", R, "--seeds", "0"], ["--seeds must be between 1 and 10,000"]),
     "negative seed": (["train", R, "--seed", "-1"], ["--seed must be >= 0"]),
     "seed not a number": (["train", R, "--seed", "abc"], ["--seed", "invalid int value"]),
     "seed and seeds": (["train", R, "--seed", "1", "--seeds", "2"], ["not allowed with"]),

@@ -197,7 +197,7 @@ def probe_metrics(net, probe: torch.Tensor, dormant: str = "spatial_mean", tau: 
         out[f"{group.name}/dormant_fraction"] = (dormant_fraction_per_position(a)
                                                  if dormant == "official" else dormant_fraction(f))
         out[f"{group.name}/tau_dormant_fraction"] = tau_dormant_fraction(a, tau)
-        ranked = a.flatten(2) if group.mean_shape else f  # a paired (CReLU) unit's two outputs: 2U features
+        ranked = a.flatten(2) if getattr(group, "mean_shape", ()) else f  # a paired (CReLU) unit: 2U features
         out[f"{group.name}/stable_rank"] = stable_rank(ranked)
         out[f"{group.name}/effective_rank"] = effective_rank(ranked)
         out[f"{group.name}/feature_norm"] = feature_norm(a)
