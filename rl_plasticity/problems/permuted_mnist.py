@@ -18,23 +18,19 @@ import torch.nn.functional as F
 from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner, check_method_hooks
 from rl_plasticity.core.layers import INITS
-from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, net_metrics
+from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit
 from rl_plasticity.core.networks import ACTIVATIONS, MLP, NORMS, mlp_config_problem
-from rl_plasticity.core.step_size import (
-    STEP_SIZE_LOG_DEFAULTS,
-    STEP_SIZE_LOG_RULES,
-    collapse_threshold,
-    step_size_metrics,
-)
+from rl_plasticity.core.step_size import STEP_SIZE_LOG_DEFAULTS, STEP_SIZE_LOG_RULES
 from rl_plasticity.datasets.mnist import EXPECTED, mnist
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
-from rl_plasticity.problems.supervised import DEVICE_RULE, check_data_path, resolve_device, summarize_tasks
+from rl_plasticity.problems.supervised import (DEVICE_RULE, check_data_path, log_net_metrics, resolve_device,
+                                               summarize_tasks)
 from rl_plasticity.run.loop import check_finite, train_loop
 from rl_plasticity.run.rundir import atomic_write_json
 from rl_plasticity.run.seeding import generators
 from rl_plasticity.run.stats import format_mean_se
-from rl_plasticity.run.tblog import SeedLogs, method_stat_tag
+from rl_plasticity.run.tblog import SeedLogs
 
 HEADLINE = Headline(metrics=["charts/task_accuracy"], x_label="examples",
                     charts=[("accuracy per task", [r"^charts/task_accuracy$"])])
@@ -149,17 +145,8 @@ class PermutedMNISTRun:
         step = self.examples
         logs.per_seed("charts/task_accuracy", acc, step)
         logs.per_seed("charts/task", [len(self.accuracies)] * len(acc), step)
-        L = self.cfg["log"]
-        probe, _ = self._inputs(0, min(L["probe_size"], self.per_task))
-        for name, values in net_metrics(self.net, probe, self.learner.latest_gradients(), self.distance,
-                                        tau=L["dormant_tau"], grama_tau=L["grama_tau"]).items():
-            logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
-        scalars, histograms = step_size_metrics(self.learner.optimizer, self.net, collapse_threshold(self.cfg))
-        for name, values in scalars.items():
-            logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
-        for name, values in histograms.items():
-            logs.histogram(f"plasticity/net/{name}", values, step)
-        logs.scalars({method_stat_tag(k, "net"): v for k, v in self.learner.stats().items()}, step)
+        probe, _ = self._inputs(0, min(self.cfg["log"]["probe_size"], self.per_task))
+        log_net_metrics(logs, self.net, self.learner, probe, self.distance, self.cfg, step)
         if bar is not None:
             bar.set_postfix(task=len(self.accuracies), acc=f"{sum(acc) / len(acc):.3f}")
         self.correct.zero_()

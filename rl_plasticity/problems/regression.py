@@ -14,22 +14,18 @@ import torch
 from rl_plasticity.config import LayerSizes, OneOf, Range
 from rl_plasticity.core.builders import METHOD_DEFAULTS, METHOD_RULES, build_learner, check_method_hooks
 from rl_plasticity.core.layers import INITS
-from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, WeightChange, net_metrics
+from rl_plasticity.core.metrics import LOG_DEFAULTS, LOG_RULES, DistanceFromInit, WeightChange
 from rl_plasticity.core.networks import ACTIVATIONS, MLP, NORMS, mlp_config_problem
-from rl_plasticity.core.step_size import (
-    STEP_SIZE_LOG_DEFAULTS,
-    STEP_SIZE_LOG_RULES,
-    collapse_threshold,
-    step_size_metrics,
-)
+from rl_plasticity.core.step_size import STEP_SIZE_LOG_DEFAULTS, STEP_SIZE_LOG_RULES
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems.headline import Headline
 from rl_plasticity.problems.regression_stream import RegressionStream
+from rl_plasticity.problems.supervised import log_net_metrics
 from rl_plasticity.run.loop import check_finite, train_loop
 from rl_plasticity.run.rundir import atomic_write_json
 from rl_plasticity.run.seeding import generators
 from rl_plasticity.run.stats import format_mean_se, mean_se
-from rl_plasticity.run.tblog import SeedLogs, method_stat_tag
+from rl_plasticity.run.tblog import SeedLogs
 
 HEADLINE = Headline(metrics=["charts/binned_error"], x_label="examples",
                     charts=[("binned squared error", [r"^charts/binned_error$"])])
@@ -195,14 +191,5 @@ def run(cfg: dict, seeds: list[int], run_dir: Path, resume: bool = False) -> dic
 
 
 def _log_metrics(state: RegressionRun, probe: torch.Tensor, weight_change: WeightChange, logs: SeedLogs) -> None:
-    step, L = state.examples, state.cfg["log"]
-    for name, values in net_metrics(state.net, probe, state.learner.latest_gradients(), state.distance,
-                                    tau=L["dormant_tau"], grama_tau=L["grama_tau"]).items():
-        logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
-    logs.per_seed("plasticity/net/weight_change", weight_change().tolist(), step)
-    scalars, histograms = step_size_metrics(state.learner.optimizer, state.net, collapse_threshold(state.cfg))
-    for name, values in scalars.items():
-        logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
-    for name, values in histograms.items():
-        logs.histogram(f"plasticity/net/{name}", values, step)
-    logs.scalars({method_stat_tag(k, "net"): v for k, v in state.learner.stats().items()}, step)
+    logs.per_seed("plasticity/net/weight_change", weight_change().tolist(), state.examples)
+    log_net_metrics(logs, state.net, state.learner, probe, state.distance, state.cfg, state.examples)

@@ -8,8 +8,11 @@ from pathlib import Path
 import torch
 
 from rl_plasticity.config import OneOf
+from rl_plasticity.core.metrics import net_metrics
+from rl_plasticity.core.step_size import collapse_threshold, step_size_metrics
 from rl_plasticity.errors import UserError
 from rl_plasticity.run.stats import mean_se
+from rl_plasticity.run.tblog import method_stat_tag
 
 DEVICE_RULE = {"device": OneOf("cpu", "cuda")}
 
@@ -55,3 +58,18 @@ def net_buffers(net: torch.nn.Module) -> list[torch.Tensor]:
 def load_net_buffers(net: torch.nn.Module, saved: list[torch.Tensor]) -> None:
     for b, s in zip(net.buffers(), saved):
         b.copy_(s)
+
+
+def log_net_metrics(logs, net, learner, probe: torch.Tensor, distance, cfg: dict, step: int) -> None:
+    """Every plasticity metric of a replica-batched net (probe, gradients, distance from init, learned step
+    sizes) and its methods' statistics, per seed under plasticity/net/."""
+    L = cfg["log"]
+    for name, values in net_metrics(net, probe, learner.latest_gradients(), distance,
+                                    tau=L["dormant_tau"], grama_tau=L["grama_tau"]).items():
+        logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
+    scalars, histograms = step_size_metrics(learner.optimizer, net, collapse_threshold(cfg))
+    for name, values in scalars.items():
+        logs.per_seed(f"plasticity/net/{name}", values.tolist(), step)
+    for name, values in histograms.items():
+        logs.histogram(f"plasticity/net/{name}", values, step)
+    logs.scalars({method_stat_tag(k, "net"): v for k, v in learner.stats().items()}, step)
