@@ -100,6 +100,20 @@ def test_batched_runs_count_each_seed_and_group_by_config_name(tmp_path):
     assert float(rows[0]["se"]) == pytest.approx(1 / math.sqrt(3))
 
 
+def test_runs_of_one_config_with_different_overrides_are_different_learners(tmp_path):
+    for name, extra in (("k3", []), ("k1", ["--set", "weight_clipping.kappa=1"]),
+                        ("k2", ["--seeds", "2", "--set=weight_clipping.kappa=2", "--set", "log.every=5"])):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        write_run_info(run_dir, {"problem": "regression"}, [0],
+                       extra={"command": ["rl-plasticity", "train", "configs/regression/weight_clipping.yaml", *extra]})
+        with TBLogger(run_dir / "tb" / "seed_0") as log:
+            log.scalar("charts/binned_error", 1.0, 10)
+    learners = {r.learner for r in load_seed_runs(find_run_dirs([str(tmp_path)]))}
+    assert learners == {"weight_clipping", "weight_clipping weight_clipping.kappa=1",
+                        "weight_clipping weight_clipping.kappa=2 log.every=5"}
+
+
 def test_ppo_runs_average_episodes_per_run_and_mark_friction_changes(tmp_path):
     # Episodes end at uneven steps; a run's episodes in one bin count once, as their mean.
     friction = [(0, 1.0), (100, 1.0), (200, 0.1), (300, 0.1)]

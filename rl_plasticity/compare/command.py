@@ -76,12 +76,20 @@ def learner_of(run_dir: Path) -> str:
     try:
         command = json.loads((run_dir / INFO_FILE).read_text(encoding="utf-8")).get("command", [])
         if "train" in command:
-            config = next((a for a in command[command.index("train") + 1:] if a.endswith((".yaml", ".yml"))), None)
+            args = command[command.index("train") + 1:]
+            config = next((a for a in args if a.endswith((".yaml", ".yml"))), None)
             if config:
-                return Path(config).stem
+                # Runs of one config with different --set values are different learners.
+                return " ".join([Path(config).stem, *_overrides(args)])
     except (OSError, ValueError, AttributeError):
         pass
     return run_dir.name
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The KEY=VALUE overrides among a train command's arguments (`--set K=V` or `--set=K=V`)."""
+    return [b if a == "--set" else a.removeprefix("--set=")
+            for a, b in zip(args, [*args[1:], ""]) if a == "--set" or a.startswith("--set=")]
 
 
 def _problem_of(run_dir: Path) -> str | None:
