@@ -14,6 +14,7 @@ from sweeps import LEARNERS, finished_local_sweep
 
 from rl_plasticity.cli import main as cli_main
 from rl_plasticity.compare.command import bin_index, find_run_dirs, load_seed_runs, physics_changes
+from rl_plasticity.compare.plot import line_style
 from rl_plasticity.run.rundir import write_run_info
 from rl_plasticity.run.tblog import TBLogger, read_scalars
 
@@ -261,3 +262,8 @@ def test_bad_stat_options_are_argparse_errors(tmp_path, capsys, argv, words):
     for w in words:
         assert w in line
     assert not (tmp_path / "fig.png").exists()
+
+
+@pytest.mark.parametrize("n", [3, 10, 11, 20, 45])
+def test_every_learner_gets_its_own_colour_and_line_style(n):
+    assert len({line_style(i, n) for i in range(n)}) == n

@@ -15,6 +15,8 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from rl_plasticity.compare.summary import SeedSummary  # noqa: E402
 
+LINE_STYLES = ("-", "--", ":")
+LEGEND_COLUMNS, LEGEND_ROW = 4, 0.22  # legend entries per row; a row's height in inches
 PHYSICS_STYLE = {"color": "0.55", "linestyle": "--", "linewidth": 0.8, "zorder": 0}
 
 
@@ -23,9 +25,8 @@ def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: 
                     fmt: str = "png") -> bytes:
     """Render the figure and return the file's bytes (written atomically by the caller)."""
     summary = summary or SeedSummary()
-    colors = plt.get_cmap("tab10").colors
-    n = len(tables)
-    fig, axes = plt.subplots(n, 1, sharex=True, squeeze=False, figsize=(7.5, 2.3 * n + 1.0))
+    n, legend_height = len(tables), LEGEND_ROW * _legend_rows(learners, changes)
+    fig, axes = plt.subplots(n, 1, sharex=True, squeeze=False, figsize=(7.5, 2.3 * n + 0.75 + legend_height))
     axes = axes[:, 0]
     for ax, (metric, rows) in zip(axes, tables.items()):
         for i, learner in enumerate(learners):
@@ -38,9 +39,9 @@ def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: 
             x = [r["bin_end"] for r in mine]
             center = [r[summary.center] for r in mine]
             low, high = np.array([summary.band(r) for r in mine]).T  # NaN where one seed run gives no band
-            color = colors[i % len(colors)]
-            ax.plot(x, center, color=color, linewidth=1.6, marker="o" if len(x) <= 3 else None, markersize=4,
-                    label=f"{learner} (n={counts.get(learner, 0)})")
+            color, style = line_style(i, len(learners))
+            ax.plot(x, center, color=color, linestyle=style, linewidth=1.6, marker="o" if len(x) <= 3 else None,
+                    markersize=4, label=f"{learner} (n={counts.get(learner, 0)})")
             ax.fill_between(x, low, high, where=~np.isnan(low), color=color, alpha=0.22, linewidth=0)
         for kind, steps in changes.items():
             for j, step in enumerate(steps):
@@ -52,17 +53,29 @@ def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: 
     axes[-1].set_xlabel(xlabel)
     axes[-1].xaxis.set_major_formatter(FuncFormatter(_short_number))
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False, fontsize=9,
-               title=summary.legend_title, title_fontsize=8)
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), LEGEND_COLUMNS), frameon=False,
+               fontsize=9, title=summary.legend_title, title_fontsize=8)
     fig.text(0.99, 0.005, f"{summary.description}\nbins that fewer than half of a learner's seeds reached are left "
              "out (they are in the CSV)", ha="right", va="bottom", fontsize=7, color="0.4")
     height = fig.get_figheight()
-    top = 1 - (0.18 + 0.42 * (1 + (len(labels) - 1) // 4)) / height  # room for the legend's title and rows
+    top = 1 - (0.35 + legend_height) / height  # room for the legend's title and rows
     fig.tight_layout(rect=(0, 0.3 / height, 1, top))  # and for the two-line footnote
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=150)
     plt.close(fig)
     return buf.getvalue()
+
+
+def line_style(i: int, n: int) -> tuple[tuple, str]:
+    """Learner i's (colour, line style) among n: tab10 up to 10 learners, tab20 past that (tab10 would repeat
+    colours), and past 20 a new line style for each round of colours."""
+    colors = plt.get_cmap("tab10" if n <= 10 else "tab20").colors
+    return colors[i % len(colors)], LINE_STYLES[i // len(colors) % len(LINE_STYLES)]
+
+
+def _legend_rows(learners: list[str], changes: dict[str, list[int]]) -> int:
+    entries = len(learners) + sum(1 for steps in changes.values() if steps)
+    return max(1, -(-entries // LEGEND_COLUMNS))
 
 
 def _pretty(tag: str) -> str:
