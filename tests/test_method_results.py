@@ -1,0 +1,89 @@
+"""scripts/method_results.py: the README's result tables, results.csv and summary.png come from the run
+directories' own numbers; unfinished runs are listed with the checkpoint they reached."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from rl_plasticity.run.checkpoint import save_checkpoint_in
+from rl_plasticity.run.tblog import TBLogger
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "method_results.py"
+spec = importlib.util.spec_from_file_location("method_results", SCRIPT)
+method_results = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(method_results)
+
+
+def fake_run(root: Path, name: str, results: dict | None, tags: dict, checkpoint: int | None = None) -> None:
+    run = root / name
+    (run / "tb" / "mean").mkdir(parents=True)
+    (run / "config.yaml").write_text("problem: x\n")
+    if results is not None:
+        (run / "results.json").write_text(json.dumps(results))
+    if checkpoint is not None:
+        save_checkpoint_in(run, checkpoint, {"step": checkpoint})
+    with TBLogger(run / "tb" / "mean") as log:
+        for tag, points in tags.items():
+            for step, value in points:
+                log.scalar(tag, value, step)
+
+
+def numbers(early, late, early_key="early", late_key="late"):
+    return {"seeds": 3, early_key: {"mean": early, "se": 0.01, "n": 3}, late_key: {"mean": late, "se": 0.02, "n": 3}}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    reg, pm = tmp_path / "reg", tmp_path / "pm"
+    layer0 = "plasticity/net/layer0/"
+    fake_run(reg, "bp", numbers(0.7, 1.2), {layer0 + "dormant_fraction": [(10, 0.5), (20, 0.9)]})
+    fake_run(reg, "idbd", numbers(0.6, 0.9), {layer0 + "dormant_fraction": [(20, 0.4)],
+                                             layer0 + "step_size_q50": [(10, 0.01), (20, 0.002)],
+                                             layer0 + "step_size_collapsed_fraction": [(20, 0.25)]})
+    fake_run(reg, "upgd", None, {}, checkpoint=200_000)
+    fake_run(pm, "cpu_bp", numbers(0.66, 0.43, "first", "last"), {})
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:regression -->\nold\n<!-- /results:regression -->\nmiddle\n"
+                      "<!-- results:pmnist --><!-- /results:pmnist -->\n"
+                      "<!-- results:step_sizes -->\nold\n<!-- /results:step_sizes -->\nend\n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    assert method_results.main(["--regression", str(reg), "--pmnist", str(pm), "--readme", str(readme),
+                                "--docs", str(docs)]) == 0
+    return readme.read_text(), docs
+
+
+def test_tables_hold_each_runs_numbers_and_the_rest_of_the_readme_is_kept(runs):
+    text, _ = runs
+    assert text.startswith("intro\n<!-- results:regression -->\n| learner |") and "\nmiddle\n" in text
+    assert text.endswith("<!-- /results:step_sizes -->\nend\n") and "old" not in text
+    assert "| `bp` | 0.700 +- 0.010 | 1.200 +- 0.020 | 0.90 |" in text  # the last dormant fraction logged
+    assert "| `idbd` | 0.600 +- 0.010 | 0.900 +- 0.020 | 0.40 |" in text
+    assert "Not finished yet: `upgd` (at 200,000)." in text
+    assert "| `cpu_bp` | 0.660 +- 0.010 | 0.430 +- 0.020 | - |" in text
+    # The step-size table joins the two streams by learner and shows the last median and collapsed fraction.
+    assert "| `idbd` | 0.600 +- 0.010 | 0.900 +- 0.020 | 0.002, 25% | queued |  |" in text
+    assert "| `bp` | 0.700 +- 0.010 | 1.200 +- 0.020 | - | 0.660 +- 0.010 | 0.430 +- 0.020 |" in text
+
+
+def test_csv_and_figure(runs):
+    _, docs = runs
+    with open(docs / "results.csv", newline="") as f:
+        rows = {(r["stream"], r["learner"]): r for r in csv.DictReader(f)}
+    assert set(rows) == {("regression", "bp"), ("regression", "idbd"), ("regression", "upgd"), ("pmnist", "cpu_bp")}
+    assert float(rows["regression", "idbd"]["late_step_size_collapsed_fraction"]) == 0.25
+    assert rows["regression", "upgd"]["state"] == "at 200,000" and rows["regression", "upgd"]["late_mean"] == ""
+    assert (docs / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_readme_without_the_markers_is_refused(tmp_path):
+    (tmp_path / "r").mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="results:regression"):
+        method_results.main(["--regression", str(tmp_path / "r"), "--pmnist", str(tmp_path / "r"),
+                             "--readme", str(readme), "--docs", str(tmp_path)])
+    assert readme.read_text() == "no markers\n"
