@@ -89,6 +89,22 @@ def test_accumulator_and_lowest_utility_choice_by_hand():
     assert cbp.replacements[0].item() == 2
 
 
+def test_a_unit_another_method_made_new_waits_for_maturity_again_also_after_a_checkpoint():
+    net = tiny_net()
+    cbp = make_cbp(net, replacement_rate=0.1, maturity_threshold=2, transfer_mean_to_bias=False)
+    cbp_steps(net, cbp, 3)  # all 3 units eligible from age 3: accumulator 0.3
+    cbp.forget_units(net.groups[0], torch.tensor([[True, False, False]]))  # e.g. ReDo re-initialised unit 0
+    cbp_steps(net, cbp, 1)  # unit 0 is 1 step old: 2 eligible
+    assert cbp.accumulator[0].item() == pytest.approx(0.5)
+    restored = make_cbp(net, replacement_rate=0.1, maturity_threshold=2, transfer_mean_to_bias=False)
+    restored.load_state_dict(cbp.state_dict())
+    for method in (cbp, restored):
+        cbp_steps(net, method, 1)  # unit 0 age 2: still 2 eligible
+        assert method.accumulator[0].item() == pytest.approx(0.7) and method.replacements[0].item() == 0
+        cbp_steps(net, method, 1)  # unit 0 age 3: 3 eligible, 0.7 + 0.3 = 1 -> one replacement
+        assert method.accumulator[0].item() == pytest.approx(0.0, abs=1e-12) and method.replacements[0].item() == 1
+
+
 def test_replaced_unit_is_reinitialised_and_outgoing_zeroed():
     net = tiny_net()
     net.layers[0].bias.data[0, 1] = 0.25

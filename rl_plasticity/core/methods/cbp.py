@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from rl_plasticity.config import OneOf, Range
@@ -79,13 +80,16 @@ class ContinualBackprop(PlasticityMethod):
         # [R, U], or [R, U, 2] for paired (CReLU) units: the bias transfer needs one mean per half.
         self.mean_activation = [torch.zeros(g.replicas, g.num_units, *g.mean_shape, device=d)
                                 for g, d in zip(groups, dev)]
-        self.accumulator = [torch.zeros(g.replicas, dtype=torch.float64, device=d) for g, d in zip(groups, dev)]
+        # Kept on the host: while every unit is mature the replacement count needs no tensor op at all.
+        self.accumulator = [np.zeros(g.replicas) for g in groups]
         self.replacements = [torch.zeros(g.replicas, dtype=torch.long, device=d) for g, d in zip(groups, dev)]
         # Only the adaptable utility and the bias transfer read the mean activation: skip its average otherwise.
         self._tracks_mean = transfer_mean_to_bias or utility == "adaptable_contribution"
-        # An upper bound on every unit's age, kept on the host: until it passes maturity no unit is
-        # eligible, and the check needs no device sync (ages only grow, or drop to 0 on replacement).
+        # Bounds on every unit's age, kept on the host (ages only grow, or drop to 0 when a unit is made new):
+        # until the oldest passes maturity no unit is eligible, and once the youngest has, every unit is, so
+        # neither case needs a device sync.
         self._oldest = [0] * len(groups)
+        self._youngest = [0] * len(groups)
 
     def _bias_correction(self, age: torch.Tensor) -> torch.Tensor:
         return -torch.expm1(age * self.log_decay)  # 1 - d^age, accurate for small ages
@@ -99,6 +103,7 @@ class ContinualBackprop(PlasticityMethod):
         d, age = self.decay_rate, self.age[i]
         age += 1
         self._oldest[i] += 1
+        self._youngest[i] += 1
         act = group.activation.flatten(3) if group.activation.dim() > 3 else group.activation.unsqueeze(3)
         # act: [R, B, U, positions]; batch and spatial positions are averaged alike.
         if self._tracks_mean:
@@ -114,27 +119,29 @@ class ContinualBackprop(PlasticityMethod):
 
         if self._oldest[i] <= self.maturity_threshold:
             return
-        eligible = age > self.maturity_threshold
-        n_eligible = eligible.sum(1)
-        if not bool(n_eligible.any()):
-            return
+        if self._youngest[i] > self.maturity_threshold:
+            n_eligible = np.full(group.replicas, group.num_units)
+        else:
+            n_eligible = (age > self.maturity_threshold).sum(1).cpu().numpy()
+            if not n_eligible.any():
+                return
         if self.replacement_count == "bernoulli":
             n_replace = self._bernoulli_count(n_eligible)
         else:
             acc = self.accumulator[i]
             acc += self.replacement_rate * n_eligible
-            n_replace = acc.floor()
+            n_replace = np.floor(acc)
             acc -= n_replace
-        if not bool((n_replace > 0).any()):
+        if not n_replace.any():
             return
-        self._replace(i, group, eligible, n_replace.long(), learner)
+        eligible = age > self.maturity_threshold
+        self._replace(i, group, eligible, torch.from_numpy(n_replace.astype(np.int64)), learner)
 
-    def _bernoulli_count(self, n_eligible: torch.Tensor) -> torch.Tensor:
+    def _bernoulli_count(self, n_eligible: np.ndarray) -> np.ndarray:
         """[R]: x = rate * n_eligible per replica; below 1, one unit with probability x; else floor(x)."""
-        expected = (self.replacement_rate * n_eligible.double()).cpu()
-        draws = torch.cat([torch.rand(1, dtype=torch.float64, generator=g) for g in self.generators])
-        count = torch.where(expected < 1, (draws <= expected).double(), expected.floor())
-        return count.to(n_eligible.device)
+        expected = self.replacement_rate * n_eligible
+        draws = torch.cat([torch.rand(1, dtype=torch.float64, generator=g) for g in self.generators]).numpy()
+        return np.where(expected < 1, (draws <= expected).astype(np.float64), np.floor(expected))
 
     def bias_corrected_utility(self, i: int) -> torch.Tensor:
         return self.utility[i] / self._bias_correction(self.age[i]).clamp_min(1e-12)
@@ -173,6 +180,7 @@ class ContinualBackprop(PlasticityMethod):
         i = next((i for i, g in enumerate(self.groups) if g is group), None)
         if i is None:
             return
+        self._youngest[i] = 0
         self.utility[i][mask] = 0
         self.mean_activation[i][mask] = 0
         self.age[i][mask] = 0
@@ -182,11 +190,15 @@ class ContinualBackprop(PlasticityMethod):
                 for i, g in enumerate(self.groups)}
 
     def state_dict(self) -> dict:
-        return {k: [t.clone() for t in getattr(self, k)]
-                for k in ("age", "utility", "mean_activation", "accumulator", "replacements")}
+        state = {k: [t.clone() for t in getattr(self, k)] for k in ("age", "utility", "mean_activation", "replacements")}
+        return {**state, "accumulator": [torch.from_numpy(a.copy()) for a in self.accumulator]}
 
     def load_state_dict(self, sd: dict) -> None:
         for k, tensors in sd.items():
             for dst, src in zip(getattr(self, k), tensors):
-                dst.copy_(src)
+                if k == "accumulator":
+                    dst[:] = src.cpu().numpy()
+                else:
+                    dst.copy_(src)
         self._oldest = [int(a.max()) if a.numel() else 0 for a in self.age]
+        self._youngest = [int(a.min()) if a.numel() else 0 for a in self.age]
