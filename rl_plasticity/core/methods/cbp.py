@@ -190,7 +190,8 @@ class ContinualBackprop(PlasticityMethod):
                 for i, g in enumerate(self.groups)}
 
     def state_dict(self) -> dict:
-        state = {k: [t.clone() for t in getattr(self, k)] for k in ("age", "utility", "mean_activation", "replacements")}
+        names = ("age", "utility", "mean_activation", "replacements")
+        state = {k: [t.clone() for t in getattr(self, k)] for k in names}
         return {**state, "accumulator": [torch.from_numpy(a.copy()) for a in self.accumulator]}
 
     def load_state_dict(self, sd: dict) -> None:
