@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -29,12 +30,15 @@ from rl_plasticity.run.tblog import read_scalars  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER0 = "plasticity/net/layer0/"
+STEP_SIZE_TAG = re.compile(r"^plasticity/net/layer(\d+)/step_size_(q50|collapsed_fraction)$")
 # (stream, results.json keys, what they measure, lower is better)
 STREAMS = {"regression": ("early", "late", "binned squared error", True),
            "pmnist": ("first", "last", "online accuracy", False)}
 STEP_SIZE_LEARNERS = ("bp", "cbp", "idbd", "idbd_cbp", "autostep", "autostep_cbp", "meta_adam", "meta_adam_cbp")
 CSV_FIELDS = ("stream", "learner", "state", "early_mean", "early_se", "late_mean", "late_se", "seeds",
               "late_dormant_fraction", "late_step_size_q50", "late_step_size_collapsed_fraction")
+# The step-size columns hold one number per layer, input layer first, joined by this.
+LAYERS_JOIN = " / "
 
 
 def _last(tags: dict, tag: str) -> float | None:
@@ -56,8 +60,15 @@ def read_run(stream: str, run: Path) -> dict:
             "early_mean": numbers[early_key]["mean"], "early_se": numbers[early_key]["se"],
             "late_mean": numbers[late_key]["mean"], "late_se": numbers[late_key]["se"],
             "late_dormant_fraction": _last(tags, LAYER0 + "dormant_fraction"),
-            "late_step_size_q50": _last(tags, LAYER0 + "step_size_q50"),
-            "late_step_size_collapsed_fraction": _last(tags, LAYER0 + "step_size_collapsed_fraction")}
+            **_last_step_sizes(tags)}
+
+
+def _last_step_sizes(tags: dict) -> dict:
+    """{'late_step_size_q50': '0.0072 / 0.00089', 'late_step_size_collapsed_fraction': '0 / 0.46'}: the last
+    logged median and collapsed fraction of each layer's step sizes; empty for optimizers without them."""
+    found = sorted((int(m.group(1)), m.group(2), tag) for tag in tags if (m := STEP_SIZE_TAG.match(tag)))
+    return {f"late_step_size_{kind}": LAYERS_JOIN.join(f"{_last(tags, tag):.2g}" for _, k, tag in found if k == kind)
+            for kind in ("q50", "collapsed_fraction") if found}
 
 
 def read_stream(stream: str, runs: Path) -> list[dict]:
@@ -86,8 +97,8 @@ def method_table(rows: list[dict], stream: str) -> str:
 
 
 def step_size_table(by_stream: dict[str, list[dict]]) -> str:
-    lines = ["| learner | regression early | regression late | layer-0 step sizes at the end: median, collapsed "
-             "| permuted MNIST tasks 1-10 | tasks 71-80 |", "|---|---|---|---|---|---|"]
+    lines = ["| learner | regression early | regression late | regression step sizes at the end, per layer: "
+             "median; fraction collapsed | permuted MNIST tasks 1-10 | tasks 71-80 |", "|---|---|---|---|---|---|"]
     for name in STEP_SIZE_LEARNERS:
         reg = next((r for r in by_stream["regression"] if r["learner"] == name), None)
         pm = next((r for r in by_stream["pmnist"] if r["learner"] == f"cpu_{name}"), None)
@@ -97,8 +108,8 @@ def step_size_table(by_stream: dict[str, list[dict]]) -> str:
             cells.append((_pm(row, "early"), _pm(row, "late")) if done else
                          ("queued", "") if row is None else (row["state"], ""))
         sizes = "-"
-        if reg is not None and reg.get("late_step_size_q50") is not None:
-            sizes = f"{reg['late_step_size_q50']:.2g}, {reg['late_step_size_collapsed_fraction']:.0%}"
+        if reg is not None and reg.get("late_step_size_q50"):
+            sizes = f"{reg['late_step_size_q50']}; {reg['late_step_size_collapsed_fraction']}"
         lines.append(f"| `{name}` | {cells[0][0]} | {cells[0][1]} | {sizes} | {cells[1][0]} | {cells[1][1]} |")
     return "\n".join(lines)
 

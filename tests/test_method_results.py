@@ -42,7 +42,9 @@ def runs(tmp_path):
     fake_run(reg, "bp", numbers(0.7, 1.2), {layer0 + "dormant_fraction": [(10, 0.5), (20, 0.9)]})
     fake_run(reg, "idbd", numbers(0.6, 0.9), {layer0 + "dormant_fraction": [(20, 0.4)],
                                              layer0 + "step_size_q50": [(10, 0.01), (20, 0.002)],
-                                             layer0 + "step_size_collapsed_fraction": [(20, 0.25)]})
+                                             layer0 + "step_size_collapsed_fraction": [(20, 0.25)],
+                                             "plasticity/net/layer1/step_size_q50": [(20, 0.0001234)],
+                                             "plasticity/net/layer1/step_size_collapsed_fraction": [(20, 0.5)]})
     fake_run(reg, "upgd", None, {}, checkpoint=200_000)
     fake_run(pm, "cpu_bp", numbers(0.66, 0.43, "first", "last"), {})
     readme = tmp_path / "README.md"
@@ -65,7 +67,7 @@ def test_tables_hold_each_runs_numbers_and_the_rest_of_the_readme_is_kept(runs):
     assert "Not finished yet: `upgd` (at 200,000)." in text
     assert "| `cpu_bp` | 0.660 +- 0.010 | 0.430 +- 0.020 | - |" in text
     # The step-size table joins the two streams by learner and shows the last median and collapsed fraction.
-    assert "| `idbd` | 0.600 +- 0.010 | 0.900 +- 0.020 | 0.002, 25% | queued |  |" in text
+    assert "| `idbd` | 0.600 +- 0.010 | 0.900 +- 0.020 | 0.002 / 0.00012; 0.25 / 0.5 | queued |  |" in text
     assert "| `bp` | 0.700 +- 0.010 | 1.200 +- 0.020 | - | 0.660 +- 0.010 | 0.430 +- 0.020 |" in text
 
 
@@ -74,7 +76,7 @@ def test_csv_and_figure(runs):
     with open(docs / "results.csv", newline="") as f:
         rows = {(r["stream"], r["learner"]): r for r in csv.DictReader(f)}
     assert set(rows) == {("regression", "bp"), ("regression", "idbd"), ("regression", "upgd"), ("pmnist", "cpu_bp")}
-    assert float(rows["regression", "idbd"]["late_step_size_collapsed_fraction"]) == 0.25
+    assert rows["regression", "idbd"]["late_step_size_collapsed_fraction"] == "0.25 / 0.5"
     assert rows["regression", "upgd"]["state"] == "at 200,000" and rows["regression", "upgd"]["late_mean"] == ""
     assert (docs / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
