@@ -34,7 +34,8 @@ STEP_SIZE_TAG = re.compile(r"^plasticity/net/layer(\d+)/step_size_(q50|collapsed
 # (stream, results.json keys, what they measure, lower is better)
 STREAMS = {"regression": ("early", "late", "binned squared error", True),
            "pmnist": ("first", "last", "online accuracy", False)}
-STEP_SIZE_LEARNERS = ("bp", "cbp", "idbd", "idbd_cbp", "autostep", "autostep_cbp", "meta_adam", "meta_adam_cbp")
+STEP_SIZE_LEARNERS = ("bp", "cbp", "idbd", "idbd_cbp", "autostep", "autostep_cbp", "adam", "meta_adam",
+                      "meta_adam_cbp")
 CSV_FIELDS = ("stream", "learner", "state", "early_mean", "early_se", "late_mean", "late_se", "seeds",
               "late_dormant_fraction", "late_step_size_q50", "late_step_size_collapsed_fraction")
 # The step-size columns hold one number per layer, input layer first, joined by this.
