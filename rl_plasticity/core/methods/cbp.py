@@ -119,7 +119,7 @@ class ContinualBackprop(PlasticityMethod):
 
         if self._oldest[i] <= self.maturity_threshold:
             return
-        if self._youngest[i] > self.maturity_threshold:
+        if self._youngest[i] > self.maturity_threshold and group.num_units:
             n_eligible = np.full(group.replicas, group.num_units)
         else:
             n_eligible = (age > self.maturity_threshold).sum(1).cpu().numpy()
@@ -129,7 +129,9 @@ class ContinualBackprop(PlasticityMethod):
             n_replace = self._bernoulli_count(n_eligible)
         else:
             acc = self.accumulator[i]
-            acc += self.replacement_rate * n_eligible
+            # The rate times the count in float32, then summed in float64: the arithmetic the accumulator has
+            # always had (torch multiplies a Python float by a count tensor in float32), so runs stay identical.
+            acc += np.float32(self.replacement_rate) * n_eligible.astype(np.float32)
             n_replace = np.floor(acc)
             acc -= n_replace
         if not n_replace.any():
