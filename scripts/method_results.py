@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rl_plasticity.run.checkpoint import list_checkpoints  # noqa: E402
+from rl_plasticity.run.stats import format_mean_se  # noqa: E402
 from rl_plasticity.run.tblog import read_scalars  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,8 @@ def read_run(stream: str, run: Path) -> dict:
         reached = list_checkpoints(run)
         return {**row, "state": f"at {reached[-1][0]:,}" if reached else "started"}
     numbers = json.loads(results.read_text())
-    tags = read_scalars(run / "tb" / "mean")
+    mean_logs = run / "tb" / "mean"  # one seed's run has no mean over seeds: no layer statistics then
+    tags = read_scalars(mean_logs) if mean_logs.is_dir() else {}
     return {**row, "state": "finished", "seeds": numbers["seeds"],
             "early_mean": numbers[early_key]["mean"], "early_se": numbers[early_key]["se"],
             "late_mean": numbers[late_key]["mean"], "late_se": numbers[late_key]["se"],
@@ -73,11 +75,13 @@ def _last_step_sizes(tags: dict) -> dict:
 
 
 def read_stream(stream: str, runs: Path) -> list[dict]:
+    if not runs.is_dir():
+        raise SystemExit(f"no such folder of {stream} runs: {runs}")
     return [read_run(stream, d) for d in sorted(runs.iterdir()) if (d / "config.yaml").is_file()]
 
 
 def _pm(row: dict, which: str) -> str:
-    return f"{row[which + '_mean']:.3f} +- {row[which + '_se']:.3f}"
+    return format_mean_se({"mean": row[which + "_mean"], "se": row[which + "_se"], "n": row["seeds"]})
 
 
 def _number(x: float | None, fmt: str = ".2f") -> str:
@@ -132,10 +136,9 @@ def summary_figure(by_stream: dict[str, list[dict]], path: Path) -> None:
         done = sorted((r for r in rows if r["state"] == "finished"), key=lambda r: r["late_mean"],
                       reverse=not lower_better)
         y = range(len(done))
-        ax.errorbar([r["early_mean"] for r in done], y, xerr=[r["early_se"] for r in done], fmt="o", mfc="white",
-                    color="0.45", label="early", capsize=2)
-        ax.errorbar([r["late_mean"] for r in done], y, xerr=[r["late_se"] for r in done], fmt="o", color="C3",
-                    label="late", capsize=2)
+        for which, style in (("early", {"mfc": "white", "color": "0.45"}), ("late", {"color": "C3"})):
+            spread = [r[which + "_se"] or 0.0 for r in done]  # one seed: no bar
+            ax.errorbar([r[which + "_mean"] for r in done], y, xerr=spread, fmt="o", label=which, capsize=2, **style)
         ax.set_yticks(list(y), [r["learner"] for r in done], fontsize=8)
         ax.invert_yaxis()
         direction = "lower is better" if lower_better else "higher is better"

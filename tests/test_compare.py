@@ -14,7 +14,7 @@ from sweeps import LEARNERS, finished_local_sweep
 
 from rl_plasticity.cli import main as cli_main
 from rl_plasticity.compare.command import bin_index, find_run_dirs, load_seed_runs, physics_changes
-from rl_plasticity.compare.plot import line_style
+from rl_plasticity.compare.plot import legend_columns, line_style
 from rl_plasticity.run.rundir import write_run_info
 from rl_plasticity.run.tblog import TBLogger, read_scalars
 
@@ -103,7 +103,9 @@ def test_batched_runs_count_each_seed_and_group_by_config_name(tmp_path):
 
 def test_runs_of_one_config_with_different_overrides_are_different_learners(tmp_path):
     for name, extra in (("k3", []), ("k1", ["--set", "weight_clipping.kappa=1"]),
-                        ("k2", ["--seeds", "2", "--set=weight_clipping.kappa=2", "--set", "log.every=5"])):
+                        ("k2", ["--seeds", "2", "--set=weight_clipping.kappa=2", "--set", "log.every=5"]),
+                        ("k2_lr", ["--set=weight_clipping.kappa=2", "--set", "optimizer.lr=0.1"]),
+                        ("lr_k2", ["--set=optimizer.lr=0.1", "--set", "weight_clipping.kappa=2"])):
         run_dir = tmp_path / name
         run_dir.mkdir()
         write_run_info(run_dir, {"problem": "regression"}, [0],
@@ -111,8 +113,10 @@ def test_runs_of_one_config_with_different_overrides_are_different_learners(tmp_
         with TBLogger(run_dir / "tb" / "seed_0") as log:
             log.scalar("charts/binned_error", 1.0, 10)
     learners = {r.learner for r in load_seed_runs(find_run_dirs([str(tmp_path)]))}
+    # Logging options do not make another learner; the order of the overrides does not matter.
     assert learners == {"weight_clipping", "weight_clipping weight_clipping.kappa=1",
-                        "weight_clipping weight_clipping.kappa=2 log.every=5"}
+                        "weight_clipping weight_clipping.kappa=2",
+                        "weight_clipping optimizer.lr=0.1 weight_clipping.kappa=2"}
 
 
 def test_ppo_runs_average_episodes_per_run_and_mark_friction_changes(tmp_path):
@@ -267,3 +271,10 @@ def test_bad_stat_options_are_argparse_errors(tmp_path, capsys, argv, words):
 @pytest.mark.parametrize("n", [3, 10, 11, 20, 45])
 def test_every_learner_gets_its_own_colour_and_line_style(n):
     assert len({line_style(i, n) for i in range(n)}) == n
+
+
+def test_legend_columns_shrink_to_fit_long_learner_names():
+    assert legend_columns(["bp (n=30)", "cbp (n=30)", "l2 (n=30)", "snp (n=30)", "redo (n=30)"]) == 4
+    assert legend_columns(["bp (n=3)", "cbp (n=3)"]) == 2
+    long = [f"weight_clipping weight_clipping.kappa={k} optimizer.lr=0.001 (n=30)" for k in range(5)]
+    assert legend_columns(long) == 1

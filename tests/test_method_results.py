@@ -19,12 +19,14 @@ spec.loader.exec_module(method_results)
 
 def fake_run(root: Path, name: str, results: dict | None, tags: dict, checkpoint: int | None = None) -> None:
     run = root / name
-    (run / "tb" / "mean").mkdir(parents=True)
+    run.mkdir(parents=True)
     (run / "config.yaml").write_text("problem: x\n")
     if results is not None:
         (run / "results.json").write_text(json.dumps(results))
     if checkpoint is not None:
         save_checkpoint_in(run, checkpoint, {"step": checkpoint})
+    if not tags:
+        return  # a run of one seed logs no mean over seeds
     with TBLogger(run / "tb" / "mean") as log:
         for tag, points in tags.items():
             for step, value in points:
@@ -47,6 +49,8 @@ def runs(tmp_path):
                                              "plasticity/net/layer1/step_size_collapsed_fraction": [(20, 0.5)]})
     fake_run(reg, "upgd", None, {}, checkpoint=200_000)
     fake_run(pm, "cpu_bp", numbers(0.66, 0.43, "first", "last"), {})
+    one_seed = {"seeds": 1, "first": {"mean": 0.5, "se": None, "n": 1}, "last": {"mean": 0.25, "se": None, "n": 1}}
+    fake_run(pm, "cpu_cbp", one_seed, {})
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:regression -->\nold\n<!-- /results:regression -->\nmiddle\n"
                       "<!-- results:pmnist --><!-- /results:pmnist -->\n"
@@ -66,6 +70,7 @@ def test_tables_hold_each_runs_numbers_and_the_rest_of_the_readme_is_kept(runs):
     assert "| `idbd` | 0.600 +- 0.010 | 0.900 +- 0.020 | 0.40 |" in text
     assert "Not finished yet: `upgd` (at 200,000)." in text
     assert "| `cpu_bp` | 0.660 +- 0.010 | 0.430 +- 0.020 | - |" in text
+    assert "| `cpu_cbp` | 0.500 (n=1) | 0.250 (n=1) | - |" in text
     # The step-size table joins the two streams by learner and shows the last median and collapsed fraction.
     assert "| `idbd` | 0.600 +- 0.010 | 0.900 +- 0.020 | 0.002 / 0.00012; 0.25 / 0.5 | queued |  |" in text
     assert "| `bp` | 0.700 +- 0.010 | 1.200 +- 0.020 | - | 0.660 +- 0.010 | 0.430 +- 0.020 |" in text
@@ -75,10 +80,17 @@ def test_csv_and_figure(runs):
     _, docs = runs
     with open(docs / "results.csv", newline="") as f:
         rows = {(r["stream"], r["learner"]): r for r in csv.DictReader(f)}
-    assert set(rows) == {("regression", "bp"), ("regression", "idbd"), ("regression", "upgd"), ("pmnist", "cpu_bp")}
+    assert set(rows) == {("regression", "bp"), ("regression", "idbd"), ("regression", "upgd"), ("pmnist", "cpu_bp"),
+                         ("pmnist", "cpu_cbp")}
     assert rows["regression", "idbd"]["late_step_size_collapsed_fraction"] == "0.25 / 0.5"
     assert rows["regression", "upgd"]["state"] == "at 200,000" and rows["regression", "upgd"]["late_mean"] == ""
     assert (docs / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_missing_runs_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no such folder of regression runs"):
+        method_results.main(["--regression", str(tmp_path / "nope"), "--pmnist", str(tmp_path),
+                             "--readme", str(tmp_path / "README.md"), "--docs", str(tmp_path)])
 
 
 def test_a_readme_without_the_markers_is_refused(tmp_path):

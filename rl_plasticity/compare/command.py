@@ -87,9 +87,11 @@ def learner_of(run_dir: Path) -> str:
 
 
 def _overrides(args: list[str]) -> list[str]:
-    """The KEY=VALUE overrides among a train command's arguments (`--set K=V` or `--set=K=V`)."""
-    return [b if a == "--set" else a.removeprefix("--set=")
-            for a, b in zip(args, [*args[1:], ""]) if a == "--set" or a.startswith("--set=")]
+    """The KEY=VALUE overrides among a train command's arguments (`--set K=V` or `--set=K=V`), sorted, less
+    the `log.*` ones: what and how often a run logs does not make it another learner."""
+    found = [b if a == "--set" else a.removeprefix("--set=")
+             for a, b in zip(args, [*args[1:], ""]) if a == "--set" or a.startswith("--set=")]
+    return sorted(o for o in found if not o.startswith("log."))
 
 
 def _problem_of(run_dir: Path) -> str | None:

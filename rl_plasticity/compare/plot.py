@@ -16,7 +16,9 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 from rl_plasticity.compare.summary import SeedSummary  # noqa: E402
 
 LINE_STYLES = ("-", "--", ":")
-LEGEND_COLUMNS, LEGEND_ROW = 4, 0.22  # legend entries per row; a row's height in inches
+LEGEND_COLUMNS, LEGEND_ROW = 4, 0.19  # legend entries per row at most; a row's height in inches
+FIGURE_WIDTH, CHAR_WIDTH, HANDLE_WIDTH = 7.5, 0.075, 0.6  # inches: a legend label's width is about its
+# characters times CHAR_WIDTH (9 pt) plus its line sample and padding
 PHYSICS_STYLE = {"color": "0.55", "linestyle": "--", "linewidth": 0.8, "zorder": 0}
 
 
@@ -25,8 +27,9 @@ def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: 
                     fmt: str = "png") -> bytes:
     """Render the figure and return the file's bytes (written atomically by the caller)."""
     summary = summary or SeedSummary()
-    n, legend_height = len(tables), LEGEND_ROW * _legend_rows(learners, changes)
-    fig, axes = plt.subplots(n, 1, sharex=True, squeeze=False, figsize=(7.5, 2.3 * n + 0.75 + legend_height))
+    entries = _legend_entries(learners, counts, changes)
+    n, legend_height = len(tables), LEGEND_ROW * _legend_rows(entries)
+    fig, axes = plt.subplots(n, 1, sharex=True, squeeze=False, figsize=(FIGURE_WIDTH, 2.3 * n + 0.75 + legend_height))
     axes = axes[:, 0]
     for ax, (metric, rows) in zip(axes, tables.items()):
         for i, learner in enumerate(learners):
@@ -41,7 +44,7 @@ def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: 
             low, high = np.array([summary.band(r) for r in mine]).T  # NaN where one seed run gives no band
             color, style = line_style(i, len(learners))
             ax.plot(x, center, color=color, linestyle=style, linewidth=1.6, marker="o" if len(x) <= 3 else None,
-                    markersize=4, label=f"{learner} (n={counts.get(learner, 0)})")
+                    markersize=4, label=_label(learner, counts))
             ax.fill_between(x, low, high, where=~np.isnan(low), color=color, alpha=0.22, linewidth=0)
         for kind, steps in changes.items():
             for j, step in enumerate(steps):
@@ -53,7 +56,7 @@ def plot_comparison(tables: dict[str, list[dict]], learners: list[str], counts: 
     axes[-1].set_xlabel(xlabel)
     axes[-1].xaxis.set_major_formatter(FuncFormatter(_short_number))
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), LEGEND_COLUMNS), frameon=False,
+    fig.legend(handles, labels, loc="upper center", ncol=legend_columns(labels), frameon=False,
                fontsize=9, title=summary.legend_title, title_fontsize=8)
     fig.text(0.99, 0.005, f"{summary.description}\nbins that fewer than half of a learner's seeds reached are left "
              "out (they are in the CSV)", ha="right", va="bottom", fontsize=7, color="0.4")
@@ -73,9 +76,23 @@ def line_style(i: int, n: int) -> tuple[tuple, str]:
     return colors[i % len(colors)], LINE_STYLES[i // len(colors) % len(LINE_STYLES)]
 
 
-def _legend_rows(learners: list[str], changes: dict[str, list[int]]) -> int:
-    entries = len(learners) + sum(1 for steps in changes.values() if steps)
-    return max(1, -(-entries // LEGEND_COLUMNS))
+def _legend_entries(learners: list[str], counts: dict[str, int], changes: dict[str, list[int]]) -> list[str]:
+    return [_label(learner, counts) for learner in learners] + [f"{kind} change" for kind, steps in changes.items()
+                                                                if steps]
+
+
+def _label(learner: str, counts: dict[str, int]) -> str:
+    return f"{learner} (n={counts.get(learner, 0)})"
+
+
+def legend_columns(labels: list[str]) -> int:
+    """As many columns (at most LEGEND_COLUMNS) as the longest label lets fit across the figure's width."""
+    widest = CHAR_WIDTH * max((len(label) for label in labels), default=0) + HANDLE_WIDTH
+    return max(1, min(LEGEND_COLUMNS, len(labels), int(FIGURE_WIDTH / widest)))
+
+
+def _legend_rows(labels: list[str]) -> int:
+    return max(1, -(-len(labels) // legend_columns(labels)))
 
 
 def _pretty(tag: str) -> str:
