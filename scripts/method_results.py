@@ -102,20 +102,19 @@ def method_table(rows: list[dict], stream: str) -> str:
 
 
 def step_size_table(by_stream: dict[str, list[dict]]) -> str:
-    lines = ["| learner | regression early | regression late | regression step sizes at the end, per layer: "
-             "median; fraction collapsed | permuted MNIST tasks 1-10 | tasks 71-80 |", "|---|---|---|---|---|---|"]
+    lines = ["| learner | regression, early | regression, late | regression step sizes | permuted MNIST, tasks 1-10 "
+             "| tasks 71-80 | permuted MNIST step sizes |", "|---|---|---|---|---|---|---|"]
     for name in STEP_SIZE_LEARNERS:
-        reg = next((r for r in by_stream["regression"] if r["learner"] == name), None)
-        pm = next((r for r in by_stream["pmnist"] if r["learner"] == f"cpu_{name}"), None)
         cells = []
-        for row in (reg, pm):
-            done = row is not None and row["state"] == "finished"
-            cells.append((_pm(row, "early"), _pm(row, "late")) if done else
-                         ("queued", "") if row is None else (row["state"], ""))
-        sizes = "-"
-        if reg is not None and reg.get("late_step_size_q50"):
-            sizes = f"{reg['late_step_size_q50']}; {reg['late_step_size_collapsed_fraction']}"
-        lines.append(f"| `{name}` | {cells[0][0]} | {cells[0][1]} | {sizes} | {cells[1][0]} | {cells[1][1]} |")
+        for stream, learner in (("regression", name), ("pmnist", f"cpu_{name}")):
+            row = next((r for r in by_stream[stream] if r["learner"] == learner), None)
+            if row is None or row["state"] != "finished":
+                cells += ["queued" if row is None else row["state"], "", ""]
+                continue
+            sizes = row.get("late_step_size_q50")
+            cells += [_pm(row, "early"), _pm(row, "late"),
+                      f"{sizes}; {row['late_step_size_collapsed_fraction']}" if sizes else "-"]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

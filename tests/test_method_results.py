@@ -72,8 +72,9 @@ def test_tables_hold_each_runs_numbers_and_the_rest_of_the_readme_is_kept(runs):
     assert "| `cpu_bp` | 0.660 +- 0.010 | 0.430 +- 0.020 | - |" in text
     assert "| `cpu_cbp` | 0.500 (n=1) | 0.250 (n=1) | - |" in text
     # The step-size table joins the two streams by learner and shows the last median and collapsed fraction.
-    assert "| `idbd` | 0.600 +- 0.010 | 0.900 +- 0.020 | 0.002 / 0.00012; 0.25 / 0.5 | queued |  |" in text
-    assert "| `bp` | 0.700 +- 0.010 | 1.200 +- 0.020 | - | 0.660 +- 0.010 | 0.430 +- 0.020 |" in text
+    assert "| `idbd` | 0.600 +- 0.010 | 0.900 +- 0.020 | 0.002 / 0.00012; 0.25 / 0.5 | queued |  |  |" in text
+    assert "| `bp` | 0.700 +- 0.010 | 1.200 +- 0.020 | - | 0.660 +- 0.010 | 0.430 +- 0.020 | - |" in text
+    assert "| `upgd` | at 200,000 |  |  |" not in text  # not a step-size learner
 
 
 def test_csv_and_figure(runs):
