@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+from collections import Counter
 import json
 import re
 from pathlib import Path
@@ -37,7 +38,7 @@ STREAMS = {"regression": ("early", "late", "binned squared error", True),
            "pmnist": ("first", "last", "online accuracy", False)}
 STEP_SIZE_LEARNERS = ("bp", "cbp", "idbd", "idbd_cbp", "autostep", "autostep_cbp", "adam", "meta_adam",
                       "meta_adam_cbp")
-CSV_FIELDS = ("stream", "learner", "state", "early_mean", "early_se", "late_mean", "late_se", "seeds",
+CSV_FIELDS = ("stream", "learner", "state", "spans", "early_mean", "early_se", "late_mean", "late_se", "seeds",
               "late_dormant_fraction", "late_step_size_q50", "late_step_size_collapsed_fraction")
 # The step-size columns hold one number per layer, input layer first, joined by this.
 LAYERS_JOIN = " / "
@@ -59,11 +60,21 @@ def read_run(stream: str, run: Path) -> dict:
     numbers = json.loads(results.read_text())
     mean_logs = run / "tb" / "mean"  # one seed's run has no mean over seeds: no layer statistics then
     tags = read_scalars(mean_logs) if mean_logs.is_dir() else {}
-    return {**row, "state": "finished", "seeds": numbers["seeds"],
+    return {**row, "state": "finished", "seeds": numbers["seeds"], "spans": _spans(stream, numbers),
             "early_mean": numbers[early_key]["mean"], "early_se": numbers[early_key]["se"],
             "late_mean": numbers[late_key]["mean"], "late_se": numbers[late_key]["se"],
             "late_dormant_fraction": _last(tags, LAYER0 + "dormant_fraction"),
             **_last_step_sizes(tags)}
+
+
+def _spans(stream: str, numbers: dict) -> tuple[str, str]:
+    """What the early and late numbers of a run cover, from its own results.json."""
+    if stream == "regression":
+        examples = numbers["examples"]
+        return (f"first {examples / numbers['bins'] / 1000:g}k",
+                f"last {numbers['late_window'] / 1000:g}k of {examples / 1e6:g}M")
+    tasks, window = numbers["tasks"], numbers["window"]
+    return f"tasks 1-{window}", f"tasks {tasks - window + 1}-{tasks}"
 
 
 def _last_step_sizes(tags: dict) -> dict:
@@ -89,12 +100,15 @@ def _number(x: float | None, fmt: str = ".2f") -> str:
 
 
 def method_table(rows: list[dict], stream: str) -> str:
-    early, late, what, _ = STREAMS[stream]
-    span = ("first 20k", "last 200k of 1M") if stream == "regression" else ("tasks 1-10", "tasks 71-80")
-    lines = [f"| learner | {what}, {span[0]} | {what}, {span[1]} | late dormant fraction, layer 0 |",
+    _, _, what, _ = STREAMS[stream]
+    done = [r for r in rows if r["state"] == "finished"]
+    # The header names the spans most runs measured; a run that measured others says so beside its name.
+    spans = Counter(r["spans"] for r in done).most_common(1)[0][0] if done else ("early", "late")
+    lines = [f"| learner | {what}, {spans[0]} | {what}, {spans[1]} | late dormant fraction, layer 0 |",
              "|---|---|---|---|"]
-    lines += [f"| `{r['learner']}` | {_pm(r, 'early')} | {_pm(r, 'late')} | {_number(r['late_dormant_fraction'])} |"
-              for r in rows if r["state"] == "finished"]
+    for r in done:
+        name = f"`{r['learner']}`" + ("" if r["spans"] == spans else f" ({r['spans'][0]}; {r['spans'][1]})")
+        lines.append(f"| {name} | {_pm(r, 'early')} | {_pm(r, 'late')} | {_number(r['late_dormant_fraction'])} |")
     waiting = [f"`{r['learner']}` ({r['state']})" for r in rows if r["state"] != "finished"]
     if waiting:
         lines += ["", "Not finished yet: " + ", ".join(waiting) + "."]
@@ -168,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.docs / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
         writer.writeheader()
-        writer.writerows(r for rows in by_stream.values() for r in rows)
+        writer.writerows({**r, "spans": "; ".join(r.get("spans", ()))} for rows in by_stream.values() for r in rows)
     summary_figure(by_stream, args.docs / "summary.png")
     args.readme.write_text(text)
     print(f"wrote {args.docs / 'results.csv'}, {args.docs / 'summary.png'} and the tables in {args.readme}")

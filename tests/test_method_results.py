@@ -33,8 +33,11 @@ def fake_run(root: Path, name: str, results: dict | None, tags: dict, checkpoint
                 log.scalar(tag, value, step)
 
 
-def numbers(early, late, early_key="early", late_key="late"):
-    return {"seeds": 3, early_key: {"mean": early, "se": 0.01, "n": 3}, late_key: {"mean": late, "se": 0.02, "n": 3}}
+def numbers(early, late, early_key="early", late_key="late", **spans):
+    spans = spans or ({"examples": 1_000_000, "bins": 50, "late_window": 200_000} if early_key == "early" else
+                      {"tasks": 80, "window": 10})
+    return {"seeds": 3, early_key: {"mean": early, "se": 0.01, "n": 3}, late_key: {"mean": late, "se": 0.02, "n": 3},
+            **spans}
 
 
 @pytest.fixture
@@ -49,7 +52,9 @@ def runs(tmp_path):
                                              "plasticity/net/layer1/step_size_collapsed_fraction": [(20, 0.5)]})
     fake_run(reg, "upgd", None, {}, checkpoint=200_000)
     fake_run(pm, "cpu_bp", numbers(0.66, 0.43, "first", "last"), {})
-    one_seed = {"seeds": 1, "first": {"mean": 0.5, "se": None, "n": 1}, "last": {"mean": 0.25, "se": None, "n": 1}}
+    one_seed = {"seeds": 1, "first": {"mean": 0.5, "se": None, "n": 1}, "last": {"mean": 0.25, "se": None, "n": 1},
+                "tasks": 80, "window": 10}
+    fake_run(pm, "cpu_short", numbers(0.7, 0.6, "first", "last", tasks=20, window=5), {})
     fake_run(pm, "cpu_cbp", one_seed, {})
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:regression -->\nold\n<!-- /results:regression -->\nmiddle\n"
@@ -71,6 +76,10 @@ def test_tables_hold_each_runs_numbers_and_the_rest_of_the_readme_is_kept(runs):
     assert "Not finished yet: `upgd` (at 200,000)." in text
     assert "| `cpu_bp` | 0.660 +- 0.010 | 0.430 +- 0.020 | - |" in text
     assert "| `cpu_cbp` | 0.500 (n=1) | 0.250 (n=1) | - |" in text
+    # Headers name what the runs' own results.json say they measured; a run that measured other spans says so.
+    assert "| learner | binned squared error, first 20k | binned squared error, last 200k of 1M |" in text
+    assert "| learner | online accuracy, tasks 1-10 | online accuracy, tasks 71-80 |" in text
+    assert "| `cpu_short` (tasks 1-5; tasks 16-20) | 0.700 +- 0.010 | 0.600 +- 0.020 | - |" in text
     # The step-size table joins the two streams by learner and shows the last median and collapsed fraction.
     assert "| `idbd` | 0.600 +- 0.010 | 0.900 +- 0.020 | 0.002 / 0.00012; 0.25 / 0.5 | queued |  |  |" in text
     assert "| `bp` | 0.700 +- 0.010 | 1.200 +- 0.020 | - | 0.660 +- 0.010 | 0.430 +- 0.020 | - |" in text
@@ -82,7 +91,8 @@ def test_csv_and_figure(runs):
     with open(docs / "results.csv", newline="") as f:
         rows = {(r["stream"], r["learner"]): r for r in csv.DictReader(f)}
     assert set(rows) == {("regression", "bp"), ("regression", "idbd"), ("regression", "upgd"), ("pmnist", "cpu_bp"),
-                         ("pmnist", "cpu_cbp")}
+                         ("pmnist", "cpu_cbp"), ("pmnist", "cpu_short")}
+    assert rows["regression", "bp"]["spans"] == "first 20k; last 200k of 1M"
     assert rows["regression", "idbd"]["late_step_size_collapsed_fraction"] == "0.25 / 0.5"
     assert rows["regression", "upgd"]["state"] == "at 200,000" and rows["regression", "upgd"]["late_mean"] == ""
     assert (docs / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
