@@ -71,7 +71,7 @@ def _spans(stream: str, numbers: dict) -> tuple[str, str]:
     """What the early and late numbers of a run cover, from its own results.json."""
     if stream == "regression":
         examples = numbers["examples"]
-        return (f"first {examples / numbers['bins'] / 1000:g}k",
+        return (f"first {examples / len(numbers['bins']) / 1000:g}k",  # bins: one list of seeds' errors per bin
                 f"last {numbers['late_window'] / 1000:g}k of {examples / 1e6:g}M")
     tasks, window = numbers["tasks"], numbers["window"]
     return f"tasks 1-{window}", f"tasks {tasks - window + 1}-{tasks}"

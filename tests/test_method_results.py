@@ -34,7 +34,7 @@ def fake_run(root: Path, name: str, results: dict | None, tags: dict, checkpoint
 
 
 def numbers(early, late, early_key="early", late_key="late", **spans):
-    spans = spans or ({"examples": 1_000_000, "bins": 50, "late_window": 200_000} if early_key == "early" else
+    spans = spans or ({"examples": 1_000_000, "bins": [[0.5] * 3] * 50, "late_window": 200_000} if early_key == "early" else
                       {"tasks": 80, "window": 10})
     return {"seeds": 3, early_key: {"mean": early, "se": 0.01, "n": 3}, late_key: {"mean": late, "se": 0.02, "n": 3},
             **spans}
