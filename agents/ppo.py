@@ -13,7 +13,9 @@ entropy enters the loss only with ent_coef > 0 (the paper uses none).
 Acting needs no autograd: the actor's weights are read through numpy views that share memory with
 the torch parameters (optimizer steps and unit resets write in place), so a batch-1 forward pass is
 three small matmuls with no torch dispatch. The numpy path covers ReLU and CReLU actors, with or without
-LayerNorm (`net.norm: layer`); an actor with another activation acts through its torch forward instead.
+LayerNorm (`net.norm: layer`), and the one linear map that plasticity injection into the output layer
+freezes; an actor with another activation, or with the frozen heads of an injection into more layers, acts
+through its torch forward instead.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class PPOAgent:
 
     def policy_mean(self, obs: np.ndarray) -> np.ndarray:
         """Batch-1 actor forward pass: in numpy for ReLU and CReLU actors, through torch for the others."""
-        if not self._numpy_acting:
+        if not self._numpy_acting or self.actor.frozen_heads:  # injection into k >= 2 layers (core/networks.py)
             return self._torch_policy_mean(obs)
         x = obs
         for i, (w, b) in enumerate(self._np_layers[:-1]):

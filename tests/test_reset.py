@@ -8,6 +8,7 @@ import torch
 
 from rl_plasticity.core.builders import METHOD_DEFAULTS, build_learner
 from rl_plasticity.core.convnet import ConvNet
+from rl_plasticity.core.layers import replica_linear
 from rl_plasticity.core.methods import ContinualBackprop, Reset
 from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.optim import Adam
@@ -122,7 +123,7 @@ def test_injection_keeps_the_output_then_learns_with_a_fresh_head():
     before = net(x).detach()
     head = net.layers[-1]
     old_weight = head.weight.detach().clone()
-    reset = Reset([net], net.groups, opt, gens(2), what="injection")
+    reset = Reset([net], net.groups, opt, gens(2), what="injection", last_layers=1)
     reset.apply()
     assert torch.allclose(net(x), before, atol=1e-6)  # h_old + h_new - h_new0 = h_old at injection
     assert not torch.equal(head.weight, old_weight) and head.frozen is not None
@@ -138,19 +139,27 @@ def test_injection_keeps_the_output_then_learns_with_a_fresh_head():
     with torch.no_grad():
         for p, q in zip(other.parameters(), saved_params):
             p.copy_(q)
-    restored = Reset([other], other.groups, Adam(other.parameters(), lr=0.01), gens(2), what="injection")
+    restored = Reset([other], other.groups, Adam(other.parameters(), lr=0.01), gens(2), what="injection",
+                     last_layers=1)
     restored.load_state_dict(saved_reset)
     assert torch.equal(other(x), net(x)) and restored.resets == 2
 
 
-def test_injection_replicas_are_independent():
+@pytest.mark.parametrize("k", [1, 2])
+def test_injection_replicas_are_independent(k):
     both = mlp(replicas=2)
     alone = [mlp(replicas=1, seed=r) for r in range(2)]
-    Reset([both], both.groups, Adam(both.parameters(), lr=0.01), gens(2), what="injection").apply()
+    Reset([both], both.groups, Adam(both.parameters(), lr=0.01), gens(2), what="injection", last_layers=k).apply()
     for r, net in enumerate(alone):
-        Reset([net], net.groups, Adam(net.parameters(), lr=0.01), gens(1, seed=7 + r), what="injection").apply()
+        Reset([net], net.groups, Adam(net.parameters(), lr=0.01), gens(1, seed=7 + r), what="injection",
+              last_layers=k).apply()
         assert torch.equal(both.layers[-1].weight[r], net.layers[-1].weight[0])
-        assert torch.equal(both.layers[-1].frozen[0][r], net.layers[-1].frozen[0][0])
+        assert torch.equal(both.layers[-2].weight[r], net.layers[-2].weight[0])
+        if k == 1:
+            assert torch.equal(both.layers[-1].frozen[0][r], net.layers[-1].frozen[0][0])
+        else:
+            for (_, _, a), (_, _, b) in zip(both.frozen_heads, net.frozen_heads):
+                assert all(torch.equal(t[r], u[0]) for t, u in zip(a, b))
 
 
 def test_reset_from_config_through_build_learner_and_the_task_switch_hook():
@@ -166,6 +175,10 @@ def test_reset_from_config_through_build_learner_and_the_task_switch_hook():
 @pytest.mark.parametrize("net, options, message", [
     (lambda: ResNet18(num_classes=5, width=2), {"what": "last_layers"}, "whose layers form a chain"),
     (lambda: mlp(), {"what": "last_layers", "last_layers": 4}, "exceeds the 3 layers"),
+    (lambda: mlp(), {"what": "injection", "last_layers": 4}, "exceeds the 3 layers"),
+    (lambda: ConvNet(2, channels=(2, 2, 2), hidden=(4, 4)), {"what": "injection"},
+     "what=injection with last_layers=2 needs an MLP.*use last_layers=1"),
+    (lambda: mlp(), {"what": "injection", "init": "zero"}, "init=fresh"),
     (lambda: mlp(), {"what": "network", "init": "zero"}, "init=fresh"),
     (lambda: mlp(), {"what": "sideways"}, "reset what must be one of"),
     (lambda: mlp(), {"every": 0}, "reset every must be >= 1"),
@@ -223,7 +236,7 @@ def test_ppo_acts_through_the_injected_head():
 
     cfg = copy.deepcopy(METHOD_DEFAULTS)
     cfg["optimizer"].update(name="adam", lr=1e-3)
-    cfg["reset"].update(enabled=True, what="injection")
+    cfg["reset"].update(enabled=True, what="injection", last_layers=1)  # the numpy path's frozen linear map
     agent = PPOAgent(5, 3, [8, 8], "relu", "lecun", 0.0, PPOSettings(), cfg, torch.Generator().manual_seed(0),
                      gens(), torch.Generator().manual_seed(1))
     obs = torch.randn(5, generator=torch.Generator().manual_seed(2)).numpy()
@@ -307,7 +320,7 @@ def test_units_replaced_after_an_injection_reach_the_output_through_no_frozen_we
     net = mlp(replicas=2)
     opt = Adam(net.parameters(), lr=0.01)
     train(net, opt)
-    Reset([net], net.groups, opt, gens(2), what="injection").apply()
+    Reset([net], net.groups, opt, gens(2), what="injection", last_layers=1).apply()
     group, head = net.groups[-1], net.layers[-1]
     x = torch.randn(2, 6, 3)
     net(x)
@@ -350,3 +363,271 @@ def resolve(path, sets):
     from rl_plasticity.problems import resolve_config
 
     return resolve_config(read_yaml(path), sets)
+
+
+# --------------------------------------------------------------------------- injection into the last k >= 2 layers
+
+
+def taps(net):
+    return [g.activation.clone() for g in net.groups]
+
+
+@pytest.mark.parametrize("activation, norm", [("relu", "none"), ("relu", "layer"), ("crelu", "none"),
+                                              ("crelu", "layer")])
+@pytest.mark.parametrize("replicas", [2, 1])
+def test_injection_into_two_layers_keeps_the_output_at_each_injection(activation, norm, replicas):
+    net = MLP([3, 4, 5, 2], activation=activation, init="kaiming", replicas=replicas, norm=norm)
+    net.reset_parameters(gens(replicas, seed=0))
+    opt = Adam(net.parameters(), lr=0.01)
+    train(net, opt)
+    # R = 1 takes the single-replica [B, in] path.
+    x = torch.randn(replicas, 6, 3) if replicas > 1 else torch.randn(6, 3)
+    trunk = [p.detach().clone() for p in net.layers[0].parameters()]
+    head = [p.detach().clone() for p in net.head_parameters(1)]
+    reset = Reset([net], net.groups, opt, gens(replicas), what="injection")  # last_layers: 2, the default
+    for injection in (1, 2):
+        before = net(x).detach()
+        reset.apply()
+        assert torch.allclose(net(x), before, atol=1e-6)  # h_old + h_new - h_new0 = h_old at every injection
+        assert len(net.frozen_heads) == 2 * injection
+        if injection == 1:
+            assert all(torch.equal(p, q) for p, q in zip(net.layers[0].parameters(), trunk))
+            assert not any(torch.equal(p, q) for p, q in zip(net.head_parameters(1), head))  # norms: gain 1, bias 0
+        assert [(sign, start) for sign, start, _ in net.frozen_heads] == [(1.0, 1), (-1.0, 1)] * injection
+        train(net, opt, steps=2)
+    assert all(not t.requires_grad for _, _, tensors in net.frozen_heads for t in tensors)
+    # The frozen heads write no activation tap: the taps are the live network's.
+    net(x)
+    with_heads = taps(net)
+    heads = net.frozen_heads
+    net.set_frozen_heads([])
+    net(x)
+    assert all(torch.equal(a, b) for a, b in zip(with_heads, taps(net)))
+    net.set_frozen_heads(heads)
+
+
+def _lin(x, w, b):
+    return torch.einsum("rbi,roi->rbo", x, w) + b.unsqueeze(1)
+
+
+def _head(z, w1, b1, w2, b2):
+    return _lin(torch.relu(_lin(z, w1, b1)), w2, b2)
+
+
+def _three_heads(x, live, old, new0):
+    """h_old(z) + h_new(z) - h_new0(z), z = relu(W0 x + b0): Eq. (1) with the encoder the first layer."""
+    w0, b0 = live[:2]
+    z = torch.relu(_lin(x, w0, b0))
+    return _head(z, *old) + _head(z, *live[2:]) - _head(z, *new0)
+
+
+def test_injected_forward_and_an_sgd_step_equal_the_hand_written_three_head_formula():
+    from rl_plasticity.core.optim import SGD
+
+    net = mlp(replicas=2, sizes=(3, 4, 5, 2))
+    opt = SGD(net.parameters(), lr=0.05)
+    train(net, opt)
+    Reset([net], net.groups, opt, gens(2), what="injection", last_layers=2).apply()
+    (_, _, old), (_, _, new0) = net.frozen_heads
+    old = [t.clone() for t in old]
+    new0 = [t.clone() for t in new0]
+    train(net, opt, steps=3, seed=4)  # the new head moves away from its init
+    g = torch.Generator().manual_seed(9)
+    x, y = torch.randn(2, 6, 3, generator=g), torch.randn(2, 6, 2, generator=g)
+    live = [p.detach().clone().requires_grad_() for p in net.parameters()]  # w0, b0, w1, b1, w2, b2
+    by_hand = _three_heads(x, live, old, new0)
+    assert torch.allclose(net(x), by_hand, atol=1e-6)
+    # One SGD step: autograd on the hand formula says where every parameter goes.
+    grads = torch.autograd.grad((by_hand - y).square().sum(), live)
+    before = [p.detach().clone() for p in net.parameters()]
+    opt.step(list(torch.autograd.grad((net(x) - y).square().sum(), list(net.parameters()))))
+    for p, q, grad in zip(net.parameters(), live, grads):
+        assert torch.allclose(p, q - 0.05 * grad, atol=1e-6)
+    assert all(not torch.equal(p, q) for p, q in zip(net.parameters(), before))  # trunk and live head both learn
+    (_, _, old_now), (_, _, new0_now) = net.frozen_heads
+    assert all(torch.equal(a, b) for a, b in zip(old + new0, old_now + new0_now))  # the snapshots do not
+
+
+def _sgd_stream(k, steps=300, every=50):
+    """A net trained by plain SGD on a fixed target, injected into its last k layers every `every` steps (k=0:
+    never); returns its outputs on a probe."""
+    from rl_plasticity.core.optim import SGD
+
+    net = mlp(replicas=2, sizes=(4, 8, 8, 1))
+    opt = SGD(net.parameters(), lr=0.02)
+    methods = [Reset([net], net.groups, opt, gens(2), what="injection", last_layers=k, when="steps",
+                     every=every)] if k else []
+    g = torch.Generator().manual_seed(3)
+    target = torch.randn(4, 1, generator=g)
+    for _ in range(steps):
+        x = torch.randn(2, 8, 4, generator=g)
+        loss = (net(x) - torch.sin(x @ target)).square().sum()
+        opt.step(list(torch.autograd.grad(loss, list(net.parameters()))))
+        for m in methods:
+            m.after_step()
+    assert not methods or methods[0].resets == steps // every
+    return net(torch.randn(2, 32, 4, generator=torch.Generator().manual_seed(5))).detach()
+
+
+def test_injection_into_the_output_layer_alone_changes_nothing_under_plain_sgd_but_two_layers_do():
+    plain = _sgd_stream(0)
+    # k = 1: W_new + (W_old - W_new0) is the only thing the output sees, and its gradient is W_new's.
+    assert torch.allclose(_sgd_stream(1), plain, atol=2e-6)
+    assert (_sgd_stream(2) - plain).abs().max() > 1e-2
+
+
+def test_injection_into_two_layers_gives_the_head_a_fresh_adam_state_and_keeps_the_trunks():
+    net = MLP([3, 4, 4, 2], activation="relu", init="kaiming", norm="layer")
+    net.reset_parameters(gens(seed=0))
+    opt = Adam(net.parameters(), lr=0.01)
+    train(net, opt, steps=3)
+    before = {k: [t.clone() for t in v] for k, v in opt.state.items()}
+    Reset([net], net.groups, opt, gens(), what="injection", last_layers=2).apply()
+    index = {id(p): i for i, p in enumerate(net.parameters())}
+    head = {index[id(p)] for p in net.head_parameters(1)}  # layers 1 and 2, and layer 1's norm
+    assert len(head) == 6 and index[id(net.norms[1].weight)] in head and index[id(net.norms[0].weight)] not in head
+    fresh = Adam(net.parameters(), lr=0.01)
+    for name, tensors in opt.state.items():
+        for i, t in enumerate(tensors):
+            assert torch.equal(t, fresh.state[name][i] if i in head else before[name][i]), (name, i)
+    assert [opt.max_power[i] == 1.0 for i in range(len(opt.params))] == [i in head for i in range(len(opt.params))]
+
+
+def test_injection_checkpoint_round_trip_gives_identical_outputs_and_next_steps():
+    import io
+
+    def build(seed):
+        net = MLP([3, 4, 4, 2], activation="relu", init="kaiming", replicas=2, norm="layer")
+        net.reset_parameters(gens(2, seed=seed))
+        cfg = copy.deepcopy(METHOD_DEFAULTS)
+        cfg["optimizer"].update(name="adam", lr=0.01)
+        cfg["reset"].update(enabled=True, what="injection", when="steps", every=3)
+        generators = gens(2)
+        return net, build_learner(net.parameters(), net.groups, cfg, generators, nets=[net]), generators
+
+    def steps(net, learner, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            learner.update(net(torch.randn(2, 5, 3, generator=g)).square().sum())
+
+    net, learner, generators = build(0)
+    steps(net, learner, 7, seed=1)  # injections after steps 3 and 6
+    assert len(net.frozen_heads) == 4
+    buffer = io.BytesIO()
+    torch.save(learner.state_dict(), buffer)
+    buffer.seek(0)
+    other, restored, other_generators = build(5)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    for g, h in zip(generators, other_generators):  # the problems save the methods' generators themselves
+        h.set_state(g.get_state())
+    x = torch.randn(2, 6, 3)
+    assert torch.equal(other(x), net(x)) and restored.methods[0].resets == 2
+    steps(net, learner, 4, seed=2)  # a third injection after step 9
+    steps(other, restored, 4, seed=2)
+    assert len(other.frozen_heads) == 6 and torch.equal(other(x), net(x))
+    assert all(torch.equal(p, q) for p, q in zip(other.parameters(), net.parameters()))
+
+    # A checkpoint of the output-layer injection written before frozen heads existed (no "heads") still loads.
+    k1 = mlp(replicas=2)
+    reset = Reset([k1], k1.groups, Adam(k1.parameters(), lr=0.01), gens(2), what="injection", last_layers=1)
+    reset.apply()
+    saved = reset.state_dict()
+    del saved["heads"]
+    copy_of_k1 = copy.deepcopy(k1)
+    copy_of_k1.layers[-1].frozen = None
+    Reset([copy_of_k1], copy_of_k1.groups, Adam(copy_of_k1.parameters(), lr=0.01), gens(2), what="injection",
+          last_layers=1).load_state_dict(saved)
+    assert torch.equal(copy_of_k1(x), k1(x))
+
+
+def test_encoder_units_replaced_after_an_injection_reach_the_output_through_no_frozen_head():
+    net = mlp(replicas=2)  # 3-4-4-2: the head is layers 1 and 2, group 0 the encoder's last units
+    opt = Adam(net.parameters(), lr=0.01)
+    train(net, opt)
+    Reset([net], net.groups, opt, gens(2), what="injection", last_layers=2).apply()
+    group = net.groups[0]
+    readers = net.layers[1].frozen_readers
+    assert [w.data_ptr() for w, _ in readers] == [t[0].data_ptr() for _, _, t in net.frozen_heads]
+    x = torch.randn(2, 6, 3)
+    net(x)
+    z = group.activation
+
+    def first_layers(z):  # each frozen head's first pre-activation, and the live one's
+        return [replica_linear(z, w, b) for w, b in [*readers, (net.layers[1].weight, net.layers[1].bias)]]
+
+    before = [h.mean(1) for h in first_layers(z)]
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[0, 1] = mask[1, 3] = True
+    group.add_to_outgoing_bias(group.batch_mean(z) * mask)
+    group.reinit(mask, gens(2))
+    assert all(torch.all(w.transpose(1, 2)[mask] == 0) for w, _ in readers)
+    out = net(x).detach()
+    # The units' mean input to every first layer moved into its bias ...
+    assert all(torch.allclose(a, b.mean(1), atol=1e-5) for a, b in zip(before, first_layers(z * ~mask.unsqueeze(1))))
+    with torch.no_grad():  # ... and whatever the new units now compute, no head sees it yet
+        net.layers[0].weight[mask] *= 3
+    assert torch.equal(net(x), out)
+
+
+def test_ppo_acts_through_the_frozen_heads_of_an_injection_into_two_layers():
+    from rl_plasticity.agents.ppo import PPOAgent, PPOSettings
+
+    cfg = copy.deepcopy(METHOD_DEFAULTS)
+    cfg["optimizer"].update(name="adam", lr=1e-3)
+    cfg["reset"].update(enabled=True, what="injection")  # last_layers: 2
+    agent = PPOAgent(5, 3, [8, 8], "relu", "lecun", 0.0, PPOSettings(), cfg, torch.Generator().manual_seed(0),
+                     gens(), torch.Generator().manual_seed(1))
+    obs = torch.randn(5, generator=torch.Generator().manual_seed(2)).numpy()
+    before = agent.policy_mean(obs)
+    agent.learner.task_switch()
+    assert len(agent.actor.frozen_heads) == 2 and len(agent.critic.frozen_heads) == 2
+    assert abs(agent.policy_mean(obs) - before).max() < 1e-5
+    with torch.no_grad():
+        for layer in agent.actor.layers[-2:]:
+            layer.weight.add_(0.1)  # as if the fresh head had learned
+        torch_mean = agent.actor(torch.from_numpy(obs).unsqueeze(0))[0].numpy()
+    assert abs(torch_mean - before).max() > 1e-3
+    assert abs(agent.policy_mean(obs) - torch_mean).max() < 1e-6
+
+
+def test_a_saved_policy_of_an_injected_actor_acts_through_its_frozen_heads(tmp_path):
+    from rl_plasticity.cli import main
+    from rl_plasticity.evaluate.saved_policy import load_policy
+    from rl_plasticity.run.checkpoint import load_checkpoint
+
+    tiny = ["total_steps=256", "env.change_every=100", "env.max_episode_steps=40", "net.hidden=[16,16]",
+            "ppo.rollout_steps=128", "ppo.minibatch_size=64", "ppo.epochs=1", "log.checkpoint_every=128",
+            "log.metrics_every=256", "log.probe_size=32"]
+    out = tmp_path / "run"
+    args = ["train", str(ROOT / "configs/friction_ant/injection.yaml"), "--out", str(out), "--seed", "0"]
+    assert main(args + [x for s in tiny for x in ("--set", s)]) == 0
+    saved = load_policy(out)
+    actor = saved.policy.mean.__self__.actor
+    reset = load_checkpoint(saved.checkpoint)["agent"]["learner"]["methods"]["reset"]
+    heads = reset["heads"][0]  # the actor's
+    assert reset["resets"] >= 1 and len(heads) == len(actor.frozen_heads) == 2 * reset["resets"]
+    assert all(torch.equal(t, u) for h, (_, _, tensors) in zip(heads, actor.frozen_heads)
+               for t, u in zip(h["tensors"], tensors))
+    obs = torch.randn(actor.layers[0].in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with_heads = actor(obs.unsqueeze(0))[0].numpy()
+        kept = actor.frozen_heads
+        actor.set_frozen_heads([])
+        live_only = actor(obs.unsqueeze(0))[0].numpy()
+        actor.set_frozen_heads(kept)
+    assert abs(with_heads - live_only).max() > 1e-4
+    assert abs(saved.policy.mean(obs.numpy()) - with_heads).max() < 1e-6
+
+
+def test_an_output_layer_injection_becomes_part_of_the_old_head_at_a_two_layer_injection():
+    # E.g. a run whose checkpoint holds an output-layer injection, resumed with last_layers: 2.
+    net = mlp(replicas=2)
+    opt = Adam(net.parameters(), lr=0.01)
+    train(net, opt)
+    Reset([net], net.groups, opt, gens(2), what="injection", last_layers=1).apply()
+    train(net, opt, steps=2)
+    x = torch.randn(2, 6, 3)
+    before = net(x).detach()
+    Reset([net], net.groups, opt, gens(2, seed=11), what="injection", last_layers=2).apply()
+    assert net.layers[-1].frozen is None and len(net.frozen_heads) == 2
+    assert torch.allclose(net(x), before, atol=1e-6)

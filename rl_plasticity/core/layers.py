@@ -57,7 +57,10 @@ class Linear(nn.Module):
     The layer remembers its bound so that plasticity methods can redraw a unit's incoming weights
     from the layer's own init distribution (a redrawn unit's bias is 0, as in the official CBP).
     `frozen` is None or a (weight, bias) pair of untrained tensors whose linear map is added to the output:
-    the function that plasticity injection freezes (core/methods/reset.py).
+    the function that plasticity injection into this one layer freezes (core/methods/reset.py).
+    `frozen_readers` lists the (weight, bias) first layers of frozen heads that read this layer's input too
+    (injection into the last k >= 2 layers of an MLP, core/networks.py): a method that re-initialises an
+    input unit zeroes its column there as well (core/units.py). The layer's forward never uses them.
     """
 
     def __init__(self, in_features: int, out_features: int, bound: float, replicas: int = 1,
@@ -68,6 +71,7 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.zeros(replicas, out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(replicas, out_features))
         self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.frozen_readers: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def sample_weights(self, rows: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Fresh incoming weights for `rows` units of one replica, from the layer's init distribution."""

@@ -21,6 +21,14 @@ Two MLP options from the plasticity literature:
   columns and reset their optimizer state, and its mean-to-bias transfer keeps one running mean per half.
   Kaiming init uses ReLU's gain: each of the 2U inputs has the second moment of a ReLU output, so the
   gain that keeps the variance is the same.
+
+Plasticity injection into the last k >= 2 layers (core/methods/reset.py) keeps its frozen heads on the MLP
+(`frozen_heads`): each is (sign, start, tensors), a frozen copy of layers start..L-1 (and the LayerNorm gain
+and bias of the hidden layers among them) computed on the input of layer `start` exactly as the MLP computes
+its own layers, and added to (sign +1) or subtracted from (sign -1) the output. They are plain tensors, not
+parameters: no optimizer sees them and no gradient reaches them, while the gradient flows through them into
+the layers before `start`. They write no activation tap. Each injection adds two heads, so a forward pass
+costs two extra head passes per injection so far.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl_plasticity.core.layers import Linear, uniform_bound
+from rl_plasticity.core.layers import Linear, replica_linear, uniform_bound
 from rl_plasticity.core.units import UnitGroup, columns, paired_columns
 
 
@@ -55,6 +63,16 @@ def mlp_config_problem(cfg: dict) -> str | None:
     return None
 
 
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """Layer norm over the last axis with a per-unit gain and bias per replica (weight, bias [R, U]);
+    x is [R, B, U], or [B, U] with one replica."""
+    units = x.shape[-1]
+    if x.dim() == 2:  # [B, U] with a single replica
+        return F.layer_norm(x, (units,), weight[0], bias[0], eps)
+    # Every replica normalises alike; only the affine part differs per replica.
+    return torch.addcmul(bias.unsqueeze(1), F.layer_norm(x, (units,), eps=eps), weight.unsqueeze(1))
+
+
 class LayerNorm(nn.Module):
     """Layer norm over the last axis (the units) with a per-unit gain and bias per replica: weight, bias [R, U].
 
@@ -78,11 +96,7 @@ class LayerNorm(nn.Module):
         self.reset_units(torch.ones(self.weight.shape, dtype=torch.bool, device=self.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # [B, U] with a single replica
-            return F.layer_norm(x, (self.units,), self.weight[0], self.bias[0], self.eps)
-        # Every replica normalises alike; only the affine part differs per replica.
-        return torch.addcmul(self.bias.unsqueeze(1), F.layer_norm(x, (self.units,), eps=self.eps),
-                             self.weight.unsqueeze(1))
+        return layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"units={self.units}, replicas={self.weight.shape[0]}, eps={self.eps}"
@@ -122,6 +136,7 @@ class MLP(nn.Module):
                       outgoing_view=paired_columns(sizes[i + 1]) if self.paired else columns,
                       mean_shape=(2,) if self.paired else ())
             for i in range(n_layers - 1)]
+        self.frozen_heads: list[tuple[float, int, list[torch.Tensor]]] = []  # plasticity injection, k >= 2
 
     @property
     def replicas(self) -> int:
@@ -137,8 +152,47 @@ class MLP(nn.Module):
         for norm in self.norms:
             norm.reset_parameters(generators)
 
+    def head_parameters(self, start: int) -> list[nn.Parameter]:
+        """The parameters of layers start..L-1, in the order a frozen head keeps them: each layer's weight and
+        bias, followed, for a hidden layer with a norm, by the norm's gain and bias."""
+        params = []
+        for i in range(start, len(self.layers)):
+            params += [self.layers[i].weight, self.layers[i].bias]
+            if self.norms and i < len(self.layers) - 1:
+                params += [self.norms[i].weight, self.norms[i].bias]
+        return params
+
+    def set_frozen_heads(self, heads: list[tuple[float, int, list[torch.Tensor]]]) -> None:
+        """Replace the frozen heads by `heads` [(sign, start, tensors shaped as head_parameters(start))]."""
+        for sign, start, tensors in heads:
+            if not 0 <= start < len(self.layers):
+                raise ValueError(f"a frozen head cannot start at layer {start} of an MLP of {len(self.layers)} layers")
+            shapes = [tuple(p.shape) for p in self.head_parameters(start)]
+            if sign not in (1.0, -1.0) or [tuple(t.shape) for t in tensors] != shapes:
+                raise ValueError(f"a frozen head from layer {start} needs sign +-1 and tensors shaped {shapes}")
+        self.frozen_heads = list(heads)
+        for layer in self.layers:
+            layer.frozen_readers = []
+        for _, start, tensors in self.frozen_heads:
+            self.layers[start].frozen_readers.append((tensors[0], tensors[1]))
+
+    def _frozen_head(self, x: torch.Tensor, start: int, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Layers start..L-1 on their input x, computed with `tensors` as forward computes them with the
+        parameters (no activation tap is written)."""
+        it = iter(tensors)
+        for i in range(start, len(self.layers) - 1):
+            h = replica_linear(x, next(it), next(it))
+            if self.norms:
+                h = layer_norm(h, next(it), next(it), self.norms[i].eps)
+            x = self.act(h)
+        return replica_linear(x, next(it), next(it))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        starts = {start for _, start, _ in self.frozen_heads}
+        inputs = {}  # the input of each layer a frozen head starts at
         for i, (layer, group) in enumerate(zip(self.layers, self.groups)):
+            if i in starts:
+                inputs[i] = x
             h = layer(x)
             if self.norms:
                 h = self.norms[i](h)
@@ -147,4 +201,9 @@ class MLP(nn.Module):
             # for paired units: a view of x whose last axis holds relu(h), relu(-h)).
             tap = x.unflatten(-1, (2, h.shape[-1])).transpose(-1, -2) if self.paired else x
             group.activation = (tap if h.dim() > 2 else tap.unsqueeze(0)).detach()
-        return self.layers[-1](x)
+        inputs[len(self.layers) - 1] = x
+        out = self.layers[-1](x)
+        for sign, start, tensors in self.frozen_heads:
+            head = self._frozen_head(inputs[start], start, tensors)
+            out = out + head if sign > 0 else out - head
+        return out

@@ -97,6 +97,8 @@ class UnitGroup:
     def outgoing_weight(self) -> torch.Tensor:
         """The weight the next layer reads the units with, as [R, U, out, ...]: its trained weight, plus the
         frozen map plasticity injection added to it (layers.Linear.frozen), if any."""
+        # Injection into the last k >= 2 layers: the units also feed frozen heads (`frozen_readers`); their
+        # utility and score see the trained head only, the one that still learns to use them.
         frozen = getattr(self.outgoing, "frozen", None)
         weight = self.outgoing.weight.detach()
         return self.outgoing_view(weight if frozen is None else weight + frozen[0])
@@ -122,8 +124,17 @@ class UnitGroup:
             return
         w = self.outgoing_weight()  # [R, U, out, ...]
         v = values.unsqueeze(2)  # [R, U, 1, *mean_shape], then one axis per remaining axis of w (positions)
-        shift = (w * v.reshape(*v.shape, *[1] * (w.dim() - v.dim()))).sum(1)  # [R, out, ...]
-        self.outgoing.bias += shift.flatten(2).sum(2) if shift.dim() > 2 else shift
+        v = v.reshape(*v.shape, *[1] * (w.dim() - v.dim()))
+
+        def shift(w: torch.Tensor) -> torch.Tensor:  # [R, out]
+            s = (w * v).sum(1)  # [R, out, ...]
+            return s.flatten(2).sum(2) if s.dim() > 2 else s
+
+        self.outgoing.bias += shift(w)
+        # Frozen heads that read the units (injection into k >= 2 layers) get the same transfer into their
+        # first layer's bias: the mean input the units gave them stays, as it does for the trained layer.
+        for weight, bias in getattr(self.outgoing, "frozen_readers", ()):
+            bias += shift(self.outgoing_view(weight))
 
     @torch.no_grad()
     def reinit(self, mask: torch.Tensor, generators: list[torch.Generator | None]) -> None:
@@ -140,3 +151,5 @@ class UnitGroup:
         frozen = getattr(self.outgoing, "frozen", None)
         if frozen is not None:  # a new unit reaches the output through no frozen weight either
             self.outgoing_view(frozen[0])[mask] = 0.0
+        for weight, _ in getattr(self.outgoing, "frozen_readers", ()):  # nor through a frozen head
+            self.outgoing_view(weight)[mask] = 0.0

@@ -9,12 +9,25 @@
 - `network`: every layer, batch-norm statistics included: the network "retrained from scratch" at every
   increment that class-incremental CIFAR compares the others with;
 - `injection`: plasticity injection (Nikishin, Oh, Ostrovski, Lyle, Pascanu, Dabney, Barreto, 2023,
-  "Deep reinforcement learning with plasticity injection", Eq. 1): the head's current function is frozen
-  and a fresh head is added minus a frozen copy of itself, h(x) = h_old(x) + h_new(x) - h_new0(x), so the
-  output is unchanged at the moment of injection and the new head's parameters start learning from a fresh
-  init. For a linear head the frozen part is one linear map, (W_old - W_new0) x + (b_old - b_new0), kept by
-  the layer (`Linear.frozen`) and added to its output; later injections add to it. The paper injects into
-  the last layers of its Atari agents' value network; here it is the output layer of each network.
+  "Deep reinforcement learning with plasticity injection", NeurIPS, Eq. (1)). The paper separates the network
+  into an encoder phi and a head h_theta; at the injection it freezes the head's parameters theta and creates
+  two copies of freshly initialised parameters theta': one frozen (theta'_0 here) and one that learns; the
+  output becomes h_theta(phi(x)) + h_theta'(phi(x)) - h_theta'_0(phi(x)) (its Figure 2), unchanged at the
+  moment of injection, with as many trainable parameters as before; the encoder keeps learning.
+  Here the head is the last `last_layers` = k layers of each network (default 2) and phi(x) is the input of
+  the first of them. k >= 2 needs an MLP (core/networks.py): the live head is re-initialised in place (the
+  hidden layers' LayerNorm gain and bias too, with `net.norm: layer`), and a frozen copy of the old head (+)
+  and of the fresh one (-) are kept on the net (`MLP.frozen_heads`) and computed on the same input as the
+  live head; the gradient reaches the encoder through all three. Every later injection adds two more frozen
+  heads: a forward pass costs 2 extra head passes per injection so far. An encoder unit that CBP or ReDo
+  later replaces reaches the output through none of the three (core/units.py).
+  k = 1 keeps the frozen part as one linear map, (W_old - W_new0) x + (b_old - b_new0), in the output layer
+  (`Linear.frozen`; any net with a linear output layer); later injections add to it. With plain SGD and no
+  weight decay this is exactly equivalent to no injection: the output depends only on the sum
+  W = W_new + (W_old - W_new0), whose gradient is the gradient of W_new, so W follows the same trajectory;
+  only the head's optimizer state (reset here) and weight decay's target (W_new, not W) differ. Hence the
+  default k = 2, whose head has a hidden nonlinear layer: there the fresh head is a different function of
+  its parameters, not the old one re-parametrised.
 
 `init: fresh` redraws the weights from each layer's own init distribution (biases 0, or their own
 distribution where the layer has one); `zero` sets weights and biases to 0 (the official Continual
@@ -33,6 +46,7 @@ from torch import nn
 
 from rl_plasticity.config import OneOf, Range
 from rl_plasticity.core.methods.base import PlasticityMethod, output_layer
+from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.units import ParamUnits, rows
 
 WHAT = ("head", "last_layers", "network", "injection")
@@ -55,7 +69,17 @@ class Reset(PlasticityMethod):
             raise ValueError("reset needs the networks it resets; build the learner with nets=[...]")
         self.nets, self.groups, self.optimizer, self.generators = list(nets), groups, optimizer, generators
         self.what, self.init, self.when, self.every = what, init, when, every
-        if what == "last_layers":
+        chained = what == "last_layers" or (what == "injection" and last_layers > 1)
+        if what == "injection" and last_layers > 1:
+            for net in self.nets:
+                if not isinstance(net, MLP):
+                    raise ValueError(f"reset what=injection with last_layers={last_layers} needs an MLP, whose "
+                                     f"frozen heads follow its chain of layers; {type(net).__name__} is not one: "
+                                     f"use last_layers=1 to inject into its output layer")
+            if init == "zero":
+                raise ValueError("reset what=injection with last_layers >= 2 and init=zero would leave every hidden "
+                                 "unit of the new head identical (and dead); use init=fresh")
+        if chained:
             for net in self.nets:
                 stack = getattr(net, "layers", None)
                 if stack is None or getattr(net, "residual", False):
@@ -67,7 +91,8 @@ class Reset(PlasticityMethod):
         if init == "zero" and what not in ("head", "injection"):
             raise ValueError(f"reset init=zero with what={what} would leave every hidden unit identical (and "
                              f"dead); use init=fresh")
-        if what == "injection" and not all(hasattr(output_layer(net), "frozen") for net in self.nets):
+        if what == "injection" and last_layers == 1 and not all(hasattr(output_layer(net), "frozen")
+                                                                for net in self.nets):
             raise ValueError("reset what=injection needs linear output layers (core.layers.Linear)")
         self.last_layers = last_layers
         self.steps, self.resets = 0, 0
@@ -84,7 +109,8 @@ class Reset(PlasticityMethod):
         """The layers of `net` this reset re-initialises."""
         if self.what == "network":
             return [m for m in net.modules() if any(True for _ in m.parameters(recurse=False))]
-        layers = list(net.layers)[-self.last_layers:] if self.what == "last_layers" else [output_layer(net)]
+        chained = self.what == "last_layers" or (self.what == "injection" and self.last_layers > 1)
+        layers = list(net.layers)[-self.last_layers:] if chained else [output_layer(net)]
         # A reset layer's units start afresh with their norm's gain and bias (net.norm: layer).
         return layers + [g.norm for g in self.groups if g.norm is not None and any(g.incoming is m for m in layers)]
 
@@ -102,8 +128,10 @@ class Reset(PlasticityMethod):
         """Reset now (at the chosen points `after_step` and `on_task_switch` call it)."""
         for net in self.nets:
             layers = self.layers(net)
-            if self.what == "injection":
-                self._inject(layers[0])
+            if self.what == "injection" and self.last_layers == 1:
+                self._inject_linear(layers[0])
+            elif self.what == "injection":
+                self._inject(net, layers)
             elif self.what == "network" and self.init == "fresh":
                 net.reset_parameters(self.generators)  # batch-norm statistics and all
             else:
@@ -123,11 +151,24 @@ class Reset(PlasticityMethod):
         else:
             layer.reset_parameters(self.generators)
 
-    def _inject(self, head: nn.Module) -> None:
+    def _inject_linear(self, head: nn.Module) -> None:
         old = (head.weight.clone(), head.bias.clone())
         self._reinit(head)
         delta = (old[0] - head.weight, old[1] - head.bias)  # h_old - h_new0, one linear map
         head.frozen = delta if head.frozen is None else tuple(f + d for f, d in zip(head.frozen, delta))
+
+    def _inject(self, net: nn.Module, layers: list[nn.Module]) -> None:
+        start = len(net.layers) - self.last_layers
+        old = [p.detach().clone() for p in net.head_parameters(start)]
+        output = net.layers[-1]
+        if output.frozen is not None:  # a linear map frozen by an output-layer injection: part of the old head
+            old[-2] += output.frozen[0]
+            old[-1] += output.frozen[1]
+            output.frozen = None
+        for layer in layers:
+            self._reinit(layer)
+        new0 = [p.detach().clone() for p in net.head_parameters(start)]
+        net.set_frozen_heads([*net.frozen_heads, (1.0, start, old), (-1.0, start, new0)])
 
     def _forget(self, layers: list[nn.Module], learner) -> None:
         """Tell the learner's methods that the parameters of `layers`, and the units they compute, are new."""
@@ -143,12 +184,25 @@ class Reset(PlasticityMethod):
         return {"resets": float(self.resets)}
 
     def state_dict(self) -> dict:
+        injection = self.what == "injection"
         frozen = [None if output_layer(net).frozen is None else [t.clone() for t in output_layer(net).frozen]
-                  for net in self.nets] if self.what == "injection" else []
-        return {"steps": self.steps, "resets": self.resets, "frozen": frozen}
+                  for net in self.nets] if injection else []
+        heads = [[{"sign": sign, "start": start, "tensors": [t.clone() for t in tensors]}
+                  for sign, start, tensors in getattr(net, "frozen_heads", [])]
+                 for net in self.nets] if injection else []
+        return {"steps": self.steps, "resets": self.resets, "frozen": frozen, "heads": heads}
 
     def load_state_dict(self, sd: dict) -> None:
         self.steps, self.resets = int(sd["steps"]), int(sd["resets"])
         for net, frozen in zip(self.nets, sd["frozen"]):
             head = output_layer(net)
             head.frozen = None if frozen is None else tuple(t.to(head.weight.device, copy=True) for t in frozen)
+        for net, heads in zip(self.nets, sd.get("heads", [])):  # absent from checkpoints of k = 1 only
+            if not isinstance(net, MLP):
+                if heads:
+                    raise ValueError(f"the saved frozen heads of plasticity injection need an MLP, not "
+                                     f"{type(net).__name__}")
+                continue
+            device = output_layer(net).weight.device
+            net.set_frozen_heads([(float(h["sign"]), int(h["start"]), [t.to(device, copy=True) for t in h["tensors"]])
+                                  for h in heads])
