@@ -176,9 +176,12 @@ def test_reset_from_config_through_build_learner_and_the_task_switch_hook():
     (lambda: ResNet18(num_classes=5, width=2), {"what": "last_layers"}, "whose layers form a chain"),
     (lambda: mlp(), {"what": "last_layers", "last_layers": 4}, "exceeds the 3 layers"),
     (lambda: mlp(), {"what": "injection", "last_layers": 4}, "exceeds the 3 layers"),
-    (lambda: ConvNet(2, channels=(2, 2, 2), hidden=(4, 4)), {"what": "injection"},
-     "what=injection with last_layers=2 needs an MLP.*use last_layers=1"),
-    (lambda: mlp(), {"what": "injection", "init": "zero"}, "init=fresh"),
+    (lambda: ResNet18(num_classes=5, width=2), {"what": "injection"},
+     (r"what=injection with last_layers=2 needs a net whose last layers form a chain.*ResNet18 is not one \(its "
+      r"layers branch\): use last_layers=1")),
+    (lambda: ConvNet(2, channels=(2, 2, 2), hidden=(4, 4)), {"what": "injection", "last_layers": 4},
+     (r"reset last_layers \(4\) exceeds the 3 layers of ConvNet that what=injection can copy into frozen heads "
+      r"\(the fully connected layers; the convs are the encoder\); use last_layers <= 3")),
     (lambda: mlp(), {"what": "network", "init": "zero"}, "init=fresh"),
     (lambda: mlp(), {"what": "sideways"}, "reset what must be one of"),
     (lambda: mlp(), {"every": 0}, "reset every must be >= 1"),
@@ -631,3 +634,293 @@ def test_an_output_layer_injection_becomes_part_of_the_old_head_at_a_two_layer_i
     Reset([net], net.groups, opt, gens(2, seed=11), what="injection", last_layers=2).apply()
     assert net.layers[-1].frozen is None and len(net.frozen_heads) == 2
     assert torch.allclose(net(x), before, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- injection into the ConvNet's fc head
+# conv 2-3-4 on 32x32x3 images (4 channels x 2 x 2 = 16 flattened features) -> fc 5 -> fc 6 -> 2: layers 0-2 are
+# the convs (the encoder), layers 3-5 the fc layers a frozen head may copy (k <= 3).
+
+one_thread = pytest.mark.usefixtures("one_thread")  # tiny convs: extra threads only add overhead
+
+
+def convnet(seed=0):
+    net = ConvNet(2, channels=(2, 3, 4), hidden=(5, 6), init="pytorch_default")
+    net.reset_parameters(gens(seed=seed))
+    return net
+
+
+def images(n=6, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 2, (n,), generator=g)
+
+
+def train_conv(net, opt, steps=3, seed=1, methods=()):
+    import torch.nn.functional as F
+
+    for step in range(steps):
+        x, y = images(4, seed=100 * seed + step)
+        opt.step(list(torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))))
+        for m in methods:
+            m.after_step()
+
+
+@one_thread
+@pytest.mark.parametrize("init, per_injection", [("fresh", 2), ("zero", 1)])
+@pytest.mark.parametrize("k", [2, 3])
+def test_convnet_injection_into_its_fc_head_keeps_the_output_at_each_injection(k, init, per_injection):
+    net = convnet()
+    opt = Adam(net.parameters(), lr=0.01)
+    train_conv(net, opt)
+    x, _ = images()
+    start = 6 - k
+    encoder = [p.detach().clone() for layer in net.layers[:start] for p in layer.parameters()]
+    head = [p.detach().clone() for p in net.head_parameters(start)]
+    reset = Reset([net], net.groups, opt, gens(), what="injection", last_layers=k, init=init)
+    for injection in (1, 2):
+        before = net(x).detach()
+        reset.apply()
+        assert torch.allclose(net(x), before, atol=1e-6)  # h_old + h_new - h_new0 = h_old at every injection
+        assert len(net.frozen_heads) == per_injection * injection
+        assert {s for _, s, _ in net.frozen_heads} == {start}
+        assert len(net.layers[start].frozen_readers) == per_injection * injection
+        if injection == 1:
+            now = [p for layer in net.layers[:start] for p in layer.parameters()]
+            assert all(torch.equal(p, q) for p, q in zip(now, encoder))  # the encoder, convs included, is kept
+            assert not any(torch.equal(p, q) for p, q in zip(net.head_parameters(start), head))
+            if init == "zero":  # the official zero head as output layer; the hidden layers are drawn fresh
+                assert torch.all(net.head.weight == 0) and torch.all(net.head.bias == 0)
+                assert all(torch.all(fc.weight != 0) for fc in net.fcs[start - 3:-1])
+        train_conv(net, opt, steps=2, seed=injection + 1)
+    assert all(not t.requires_grad for _, _, tensors in net.frozen_heads for t in tensors)
+    net(x)
+    with_heads = taps(net)  # the frozen heads write no activation tap
+    heads = net.frozen_heads
+    net.set_frozen_heads([])
+    net(x)
+    assert all(torch.equal(a, b) for a, b in zip(with_heads, taps(net)))
+    net.set_frozen_heads(heads)
+
+
+def _chain(z, tensors):
+    """Linear + ReLU layers and a linear last one on z [B, in], from (w [1, out, in], b [1, out]) pairs."""
+    pairs = list(zip(tensors[::2], tensors[1::2]))
+    for w, b in pairs[:-1]:
+        z = torch.relu(z @ w[0].T + b[0])
+    w, b = pairs[-1]
+    return z @ w[0].T + b[0]
+
+
+@one_thread
+@pytest.mark.parametrize("k", [2, 3])
+def test_convnet_injected_forward_and_an_sgd_step_equal_the_hand_written_three_head_formula(k):
+    import torch.nn.functional as F
+
+    from rl_plasticity.core.optim import SGD
+
+    net = convnet()
+    opt = SGD(net.parameters(), lr=0.05)
+    train_conv(net, opt)
+    Reset([net], net.groups, opt, gens(), what="injection", last_layers=k).apply()
+    (_, _, old), (_, _, new0) = net.frozen_heads
+    old, new0 = [t.clone() for t in old], [t.clone() for t in new0]
+    train_conv(net, opt, steps=3, seed=4)  # the new head moves away from its init
+    x, y = images(5, seed=9)
+    live = [p.detach().clone().requires_grad_() for p in net.parameters()]  # 3 convs, then 3 fcs: w, b each
+    z = x
+    for w, b in zip(live[0:6:2], live[1:6:2]):  # phi(x): conv, ReLU, 2x2 max-pool; flatten ...
+        z = F.max_pool2d(torch.relu(F.conv2d(z, w[0], b[0])), 2)
+    z = z.flatten(1)
+    fc_encoder, fc_head = live[6:6 + 2 * (3 - k)], live[6 + 2 * (3 - k):]
+    for w, b in zip(fc_encoder[::2], fc_encoder[1::2]):  # ... and the fc layers before the head
+        z = torch.relu(z @ w[0].T + b[0])
+    by_hand = _chain(z, old) + _chain(z, fc_head) - _chain(z, new0)  # Eq. (1)
+    assert torch.allclose(net(x), by_hand, atol=1e-6)
+    grads = torch.autograd.grad(F.cross_entropy(by_hand, y), live)
+    before = [p.detach().clone() for p in net.parameters()]
+    opt.step(list(torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))))
+    for p, q, grad in zip(net.parameters(), live, grads):
+        assert torch.allclose(p, q - 0.05 * grad, atol=1e-6)
+    assert all(not torch.equal(p, q) for p, q in zip(net.parameters(), before))  # encoder and live head both learn
+    (_, _, old_now), (_, _, new0_now) = net.frozen_heads
+    assert all(torch.equal(a, b) for a, b in zip(old + new0, old_now + new0_now))  # the snapshots do not
+
+
+def _conv_sgd_stream(k, steps=40, every=10):
+    """A ConvNet trained by plain SGD, injected into its last k layers every `every` steps (k=0: never); returns
+    its outputs on a probe."""
+    from rl_plasticity.core.optim import SGD
+
+    net = convnet()
+    opt = SGD(net.parameters(), lr=0.05)
+    methods = [Reset([net], net.groups, opt, gens(), what="injection", last_layers=k, when="steps",
+                     every=every)] if k else []
+    train_conv(net, opt, steps=steps, methods=methods)
+    assert not methods or methods[0].resets == steps // every
+    return net(images(16, seed=5)[0]).detach()
+
+
+@one_thread
+def test_convnet_injection_into_the_output_layer_alone_changes_nothing_under_plain_sgd_but_two_layers_do():
+    plain = _conv_sgd_stream(0)
+    assert torch.allclose(_conv_sgd_stream(1), plain, atol=1e-5)
+    assert (_conv_sgd_stream(2) - plain).abs().max() > 1e-2
+
+
+@one_thread
+@pytest.mark.parametrize("k", [2, 3])
+def test_convnet_injection_gives_the_head_a_fresh_optimizer_state_and_keeps_the_encoders(k):
+    from rl_plasticity.core.optim import SGD
+
+    for opt_class, options in ((Adam, {}), (SGD, {"momentum": 0.9})):  # Continual ImageNet: SGD with momentum
+        net = convnet()
+        opt = opt_class(net.parameters(), lr=0.01, **options)
+        train_conv(net, opt)
+        before = {name: [t.clone() for t in v] for name, v in opt.state.items()}
+        params = [p.detach().clone() for p in net.parameters()]
+        Reset([net], net.groups, opt, gens(), what="injection", last_layers=k).apply()
+        index = {id(p): i for i, p in enumerate(net.parameters())}
+        head = {index[id(p)] for p in net.head_parameters(6 - k)}
+        assert head == set(range(12 - 2 * k, 12))
+        fresh = opt_class(net.parameters(), lr=0.01, **options)
+        for name, tensors in opt.state.items():
+            for i, t in enumerate(tensors):
+                assert torch.equal(t, fresh.state[name][i] if i in head else before[name][i]), (name, i)
+        kept = before["exp_avg" if opt_class is Adam else "momentum"]
+        assert all(torch.any(kept[i] != 0) for i in range(12) if i not in head)  # a state worth keeping
+        assert [torch.equal(p, q) for p, q in zip(net.parameters(), params)] == [i not in head for i in range(12)]
+
+
+@one_thread
+def test_convnet_injection_checkpoint_round_trip_gives_identical_outputs_and_next_steps():
+    import io
+
+    import torch.nn.functional as F
+
+    def build(seed):
+        net = convnet(seed)
+        cfg = copy.deepcopy(METHOD_DEFAULTS)
+        cfg["optimizer"].update(name="sgd", lr=0.01, momentum=0.9)
+        cfg["reset"].update(enabled=True, what="injection", last_layers=3, when="steps", every=3)
+        # CBP rewrites the frozen heads' first layers (zeroed columns, bias transfer): saved as they are now.
+        cfg["cbp"].update(enabled=True, replacement_rate=0.2, maturity_threshold=1)
+        generators = gens()
+        return net, build_learner(net.parameters(), net.groups, cfg, generators, nets=[net]), generators
+
+    def steps(net, learner, n, seed):
+        for step in range(n):
+            x, y = images(4, seed=100 * seed + step)
+            learner.update(F.cross_entropy(net(x), y))
+
+    net, learner, generators = build(0)
+    steps(net, learner, 7, seed=1)  # injections after steps 3 and 6
+    assert len(net.frozen_heads) == 4 and learner.stats()["cbp/conv2/replacements"] > 0
+    buffer = io.BytesIO()
+    torch.save(learner.state_dict(), buffer)
+    buffer.seek(0)
+    other, restored, other_generators = build(5)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    for g, h in zip(generators, other_generators):  # the problems save the methods' generators themselves
+        h.set_state(g.get_state())
+    x, _ = images()
+    assert torch.equal(other(x), net(x)) and restored.methods[-1].resets == 2
+    assert [w.data_ptr() for w, _ in other.fcs[0].frozen_readers] == [t[0].data_ptr() for _, _, t in
+                                                                      other.frozen_heads]
+    steps(net, learner, 4, seed=2)  # a third injection after step 9
+    steps(other, restored, 4, seed=2)
+    assert len(other.frozen_heads) == 6 and torch.equal(other(x), net(x))
+    assert all(torch.equal(p, q) for p, q in zip(other.parameters(), net.parameters()))
+
+
+@one_thread
+@pytest.mark.parametrize("k, group_name", [(3, "conv2"), (2, "fc0")])
+def test_convnet_units_replaced_by_cbp_after_an_injection_reach_the_output_through_no_frozen_head(k, group_name):
+    from rl_plasticity.core.optim import SGD
+
+    net = convnet()
+    opt = SGD(net.parameters(), lr=0.01, momentum=0.9)
+    train_conv(net, opt)
+    Reset([net], net.groups, opt, gens(), what="injection", last_layers=k).apply()
+    group = next(g for g in net.groups if g.name == group_name)
+    readers = group.outgoing.frozen_readers  # fc0 reads conv2's channels; fc1 reads fc0's units
+    assert group.outgoing is net.layers[6 - k] and len(readers) == 2
+    assert [w.data_ptr() for w, _ in readers] == [t[0].data_ptr() for _, _, t in net.frozen_heads]
+    units = group.num_units
+
+    def blocks(w):  # [1, out, in] -> [1, units, out, in // units]: each unit's columns, without the group's view
+        return w.reshape(1, w.shape[1], units, -1).transpose(1, 2)
+
+    # The mean-to-bias transfer into every reader, by hand: a conv channel's mean times its whole spatial block.
+    x, _ = images()
+    net(x)
+    mask = torch.zeros(1, units, dtype=torch.bool)
+    mask[0, 1] = True
+    means = group.batch_mean(group.activation) * mask
+    expected = [b + torch.einsum("ruoh,ru->ro", blocks(w), means) for w, b in readers]
+    group.add_to_outgoing_bias(means)
+    assert all(torch.allclose(b, e, atol=1e-6) for (_, b), e in zip(readers, expected))
+
+    # CBP replacing units after the injection: their columns are zero in the live layer and in every frozen head.
+    cbp = ContinualBackprop([group], opt, gens(), replacement_rate=0.3, maturity_threshold=1)
+    train_conv(net, opt, steps=3, seed=6, methods=[cbp])
+    replaced = cbp.age[0] == 0  # replaced at the last step
+    assert replaced.any() and int(cbp.replacements[0].sum()) >= int(replaced.sum())
+    for w in [group.outgoing.weight, *(w for w, _ in readers)]:
+        assert torch.all(blocks(w.detach())[replaced] == 0)
+    out = net(x).detach()
+    with torch.no_grad():  # whatever the new units now compute, no head sees it yet
+        group.incoming.weight[replaced] *= 3
+        group.incoming.bias[replaced] += 1
+    assert torch.equal(net(x), out)
+    # The other units still reach the output through the frozen heads.
+    with torch.no_grad():
+        group.incoming.bias[~replaced] += 1
+    assert not torch.equal(net(x), out)
+
+
+@one_thread
+def test_an_injection_into_more_layers_refuses_frozen_heads_that_start_inside_its_head():
+    net = convnet()
+    opt = Adam(net.parameters(), lr=0.01)
+    Reset([net], net.groups, opt, gens(), what="injection", last_layers=2).apply()
+    wider = Reset([net], net.groups, opt, gens(), what="injection", last_layers=3)
+    # E.g. a run resumed with a larger last_layers: re-initialising fc0 would change what the old heads read.
+    message = "keeps frozen heads of an injection into its last 2 layers.*keep last_layers <= 2"
+    with pytest.raises(ValueError, match=message):
+        wider.apply()
+    saved = Reset([net], net.groups, opt, gens(), what="injection", last_layers=2).state_dict()
+    with pytest.raises(ValueError, match=message):
+        wider.load_state_dict(saved)
+    # Fewer layers are fine: their heads start after the old ones, whose input they do not touch.
+    x, _ = images()
+    before = net(x).detach()
+    Reset([net], net.groups, opt, gens(), what="injection", last_layers=2).apply()
+    assert torch.allclose(net(x), before, atol=1e-6)
+
+
+@one_thread
+def test_continual_imagenet_trains_with_injection_and_refuses_more_layers_than_its_fc_head(tmp_path):
+    from rl_plasticity.cli import main
+
+    config = str(ROOT / "configs/continual_imagenet/cpu_bp.yaml")
+    tiny = ["reset.enabled=true", "reset.what=injection", "tasks=2", "epochs_per_task=1",
+            "data.train_per_class=20", "data.test_per_class=10", "log.checkpoint_every_tasks=1"]
+    args = ["train", config, "--seed", "0", "--out", str(tmp_path / "ok")] + [x for s in tiny for x in ("--set", s)]
+    assert main(args) == 0 and (tmp_path / "ok" / "results.json").exists()
+    args = ["train", config, "--seed", "0", "--out", str(tmp_path / "bad"), "--set", "reset.last_layers=5"]
+    assert main(args + [x for s in tiny for x in ("--set", s)]) == 2 and not (tmp_path / "bad").exists()
+
+
+def test_mlp_injection_with_zero_init_zeroes_only_the_output_layer_and_keeps_one_head_per_injection():
+    net = MLP([3, 4, 5, 2], activation="relu", init="kaiming", norm="layer")
+    net.reset_parameters(gens(seed=0))
+    opt = Adam(net.parameters(), lr=0.01)
+    train(net, opt)
+    x = torch.randn(6, 3)
+    before = net(x).detach()
+    Reset([net], net.groups, opt, gens(), what="injection", last_layers=2, init="zero").apply()
+    assert torch.allclose(net(x), before, atol=1e-6) and [s for s, _, _ in net.frozen_heads] == [1.0]
+    assert torch.all(net.head.weight == 0) and torch.all(net.head.bias == 0)
+    # The new head's hidden layer is drawn fresh (zeroed, its units would be identical and dead), its norm reset.
+    assert torch.all(net.layers[1].weight != 0) and torch.all(net.norms[1].weight == 1)
+    train(net, opt, steps=3, seed=2)
+    assert torch.any(net.head.weight != 0)

@@ -9,6 +9,14 @@ Init (`init`): "pytorch_default", as the official code (lop/nets/conv_net.py kee
 nn.Linear defaults): weights and biases U(+-1/sqrt(fan_in)); CBP redraws a unit's weights from the
 same U(+-1/sqrt(fan_in)) with bias 0, as lop/algos/convGnT.py does with get_layer_bound. "kaiming":
 weights U(+-sqrt(6/fan_in)) (gain 1 for the head), biases 0: about 2.45x wider than the default.
+
+Plasticity injection (Nikishin et al. 2023, Eq. (1); core/methods/reset.py) into the last k >= 2 layers keeps
+its frozen heads on the ConvNet (`frozen_heads`, core/frozen_heads.py, shared with the MLP). The paper's split
+fits this net: the conv stack is (part of) the encoder and the fully connected layers are the head, so a frozen
+head spans at most the fc layers (k <= len(fcs)); its layers are linear + ReLU (none after the output layer),
+and its input is the input of the fc layer it starts at: the flattened output of the last conv group when
+k = len(fcs). Then the frozen heads read the conv channels through fc0's columns, and a channel that CBP or
+ReDo replaces loses its whole spatial block in their first layers too (the group's `flattened_columns` view).
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rl_plasticity.core.conv import ChannelGroup, Conv2d, flattened_columns
-from rl_plasticity.core.layers import Linear, pytorch_default_bound, uniform_bound
+from rl_plasticity.core.frozen_heads import FrozenHeads
+from rl_plasticity.core.layers import Linear, pytorch_default_bound, replica_linear, uniform_bound
 from rl_plasticity.core.units import UnitGroup
 
 CONV_INITS = ("pytorch_default", "kaiming")
@@ -34,7 +43,11 @@ def _bounds(fan_in: int, init: str, activation: str) -> dict:
     raise ValueError(f"unknown ConvNet init {init!r}; expected one of {CONV_INITS}")
 
 
-class ConvNet(nn.Module):
+class ConvNet(FrozenHeads, nn.Module):
+    """Conv encoder and fully connected head (see the module docstring); frozen heads start at an fc layer."""
+
+    head_note = " (the fully connected layers; the convs are the encoder)"
+
     def __init__(self, num_classes: int = 2, channels=(32, 64, 128), kernels=(5, 3, 3), hidden=(128, 128),
                  image_size: int = 32, in_channels: int = 3, init: str = "kaiming"):
         super().__init__()
@@ -54,6 +67,8 @@ class ConvNet(nn.Module):
         self.groups.append(ChannelGroup(f"conv{len(convs) - 1}", convs[-1], fcs[0],
                                         outgoing_view=flattened_columns(c_in)))
         self.groups += [UnitGroup(f"fc{i}", fcs[i], fcs[i + 1]) for i in range(len(fcs) - 1)]
+        self.first_head_layer = len(convs)  # frozen heads copy fc layers only
+        self.frozen_heads = []  # plasticity injection into k >= 2 layers (core/frozen_heads.py)
 
     @property
     def head(self) -> Linear:
@@ -63,16 +78,31 @@ class ConvNet(nn.Module):
         for layer in self.layers:
             layer.reset_parameters(generators)
 
+    def layer_parameters(self, i: int) -> list[nn.Parameter]:
+        """Layer i's weight and bias (a frozen head copies fc layers only: i >= first_head_layer)."""
+        return [self.layers[i].weight, self.layers[i].bias]
+
+    def frozen_layer(self, i: int, x: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """fc layer i on x with `tensors` (weight, bias), as forward computes it: linear, then ReLU unless it is
+        the output layer."""
+        h = replica_linear(x, tensors[0], tensors[1])
+        return h if i == len(self.layers) - 1 else torch.relu(h)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         taps = iter(self.groups)
         for conv in self.convs:
             x = F.max_pool2d(torch.relu(conv(x)), 2)
             next(taps).activation = x.detach().unsqueeze(0)
         x = x.flatten(1)
-        for fc in self.fcs[:-1]:
+        starts = self.frozen_starts()
+        inputs = {}  # the input of each fc layer a frozen head starts at
+        for i, fc in enumerate(self.fcs[:-1], start=len(self.convs)):
+            if i in starts:
+                inputs[i] = x
             x = torch.relu(fc(x))
             next(taps).activation = x.detach().unsqueeze(0)
-        return self.head(x)
+        inputs[len(self.layers) - 1] = x
+        return self.add_frozen_heads(self.head(x), inputs)
 
 
 class LinearClassifier(nn.Module):

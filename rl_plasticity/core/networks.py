@@ -23,12 +23,9 @@ Two MLP options from the plasticity literature:
   gain that keeps the variance is the same.
 
 Plasticity injection into the last k >= 2 layers (core/methods/reset.py) keeps its frozen heads on the MLP
-(`frozen_heads`): each is (sign, start, tensors), a frozen copy of layers start..L-1 (and the LayerNorm gain
-and bias of the hidden layers among them) computed on the input of layer `start` exactly as the MLP computes
-its own layers, and added to (sign +1) or subtracted from (sign -1) the output. They are plain tensors, not
-parameters: no optimizer sees them and no gradient reaches them, while the gradient flows through them into
-the layers before `start`. They write no activation tap. Each injection adds two heads, so a forward pass
-costs two extra head passes per injection so far.
+(`frozen_heads`; core/frozen_heads.py keeps them, for the ConvNet too): a head may start at any layer, and the
+MLP supplies how one of its layers is computed with a frozen head's tensors: the replica linear map, the
+LayerNorm with its gain and bias (hidden layers, `net.norm: layer`), and the activation (CReLU included).
 """
 
 from __future__ import annotations
@@ -37,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rl_plasticity.core.frozen_heads import FrozenHeads
 from rl_plasticity.core.layers import Linear, replica_linear, uniform_bound
 from rl_plasticity.core.units import UnitGroup, columns, paired_columns
 
@@ -102,12 +100,13 @@ class LayerNorm(nn.Module):
         return f"units={self.units}, replicas={self.weight.shape[0]}, eps={self.eps}"
 
 
-class MLP(nn.Module):
+class MLP(FrozenHeads, nn.Module):
     """Fully connected net: sizes [in, h1, ..., out]; each hidden layer is a unit group.
 
     With no hidden layers it is a linear learner. `init` is "lecun" (all layers U(+-sqrt(3/fan_in)),
     the paper's PPO setting) or "kaiming" (hidden layers scaled by the activation's gain, output layer
     linear gain: the paper's supervised setting). `norm` is "none" or "layer" (see the module's docstring).
+    A frozen head of plasticity injection may start at any of its layers (`first_head_layer` 0).
     """
 
     def __init__(self, sizes: list[int], activation: str = "relu", init: str = "lecun", replicas: int = 1,
@@ -136,7 +135,7 @@ class MLP(nn.Module):
                       outgoing_view=paired_columns(sizes[i + 1]) if self.paired else columns,
                       mean_shape=(2,) if self.paired else ())
             for i in range(n_layers - 1)]
-        self.frozen_heads: list[tuple[float, int, list[torch.Tensor]]] = []  # plasticity injection, k >= 2
+        self.frozen_heads = []  # plasticity injection into k >= 2 layers (core/frozen_heads.py)
 
     @property
     def replicas(self) -> int:
@@ -152,43 +151,24 @@ class MLP(nn.Module):
         for norm in self.norms:
             norm.reset_parameters(generators)
 
-    def head_parameters(self, start: int) -> list[nn.Parameter]:
-        """The parameters of layers start..L-1, in the order a frozen head keeps them: each layer's weight and
-        bias, followed, for a hidden layer with a norm, by the norm's gain and bias."""
-        params = []
-        for i in range(start, len(self.layers)):
-            params += [self.layers[i].weight, self.layers[i].bias]
-            if self.norms and i < len(self.layers) - 1:
-                params += [self.norms[i].weight, self.norms[i].bias]
+    def layer_parameters(self, i: int) -> list[nn.Parameter]:
+        """Layer i's weight and bias, followed, for a hidden layer with a norm, by the norm's gain and bias."""
+        params = [self.layers[i].weight, self.layers[i].bias]
+        if self.norms and i < len(self.layers) - 1:
+            params += [self.norms[i].weight, self.norms[i].bias]
         return params
 
-    def set_frozen_heads(self, heads: list[tuple[float, int, list[torch.Tensor]]]) -> None:
-        """Replace the frozen heads by `heads` [(sign, start, tensors shaped as head_parameters(start))]."""
-        for sign, start, tensors in heads:
-            if not 0 <= start < len(self.layers):
-                raise ValueError(f"a frozen head cannot start at layer {start} of an MLP of {len(self.layers)} layers")
-            shapes = [tuple(p.shape) for p in self.head_parameters(start)]
-            if sign not in (1.0, -1.0) or [tuple(t.shape) for t in tensors] != shapes:
-                raise ValueError(f"a frozen head from layer {start} needs sign +-1 and tensors shaped {shapes}")
-        self.frozen_heads = list(heads)
-        for layer in self.layers:
-            layer.frozen_readers = []
-        for _, start, tensors in self.frozen_heads:
-            self.layers[start].frozen_readers.append((tensors[0], tensors[1]))
-
-    def _frozen_head(self, x: torch.Tensor, start: int, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """Layers start..L-1 on their input x, computed with `tensors` as forward computes them with the
-        parameters (no activation tap is written)."""
-        it = iter(tensors)
-        for i in range(start, len(self.layers) - 1):
-            h = replica_linear(x, next(it), next(it))
-            if self.norms:
-                h = layer_norm(h, next(it), next(it), self.norms[i].eps)
-            x = self.act(h)
-        return replica_linear(x, next(it), next(it))
+    def frozen_layer(self, i: int, x: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Layer i on x with `tensors` (shaped as layer_parameters(i)), as forward computes it."""
+        h = replica_linear(x, tensors[0], tensors[1])
+        if i == len(self.layers) - 1:
+            return h
+        if self.norms:
+            h = layer_norm(h, tensors[2], tensors[3], self.norms[i].eps)
+        return self.act(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        starts = {start for _, start, _ in self.frozen_heads}
+        starts = self.frozen_starts()
         inputs = {}  # the input of each layer a frozen head starts at
         for i, (layer, group) in enumerate(zip(self.layers, self.groups)):
             if i in starts:
@@ -202,8 +182,4 @@ class MLP(nn.Module):
             tap = x.unflatten(-1, (2, h.shape[-1])).transpose(-1, -2) if self.paired else x
             group.activation = (tap if h.dim() > 2 else tap.unsqueeze(0)).detach()
         inputs[len(self.layers) - 1] = x
-        out = self.layers[-1](x)
-        for sign, start, tensors in self.frozen_heads:
-            head = self._frozen_head(inputs[start], start, tensors)
-            out = out + head if sign > 0 else out - head
-        return out
+        return self.add_frozen_heads(self.layers[-1](x), inputs)

@@ -15,12 +15,18 @@
   output becomes h_theta(phi(x)) + h_theta'(phi(x)) - h_theta'_0(phi(x)) (its Figure 2), unchanged at the
   moment of injection, with as many trainable parameters as before; the encoder keeps learning.
   Here the head is the last `last_layers` = k layers of each network (default 2) and phi(x) is the input of
-  the first of them. k >= 2 needs an MLP (core/networks.py): the live head is re-initialised in place (the
-  hidden layers' LayerNorm gain and bias too, with `net.norm: layer`), and a frozen copy of the old head (+)
-  and of the fresh one (-) are kept on the net (`MLP.frozen_heads`) and computed on the same input as the
-  live head; the gradient reaches the encoder through all three. Every later injection adds two more frozen
-  heads: a forward pass costs 2 extra head passes per injection so far. An encoder unit that CBP or ReDo
-  later replaces reaches the output through none of the three (core/units.py).
+  the first of them. k >= 2 needs a net that keeps frozen heads (core/frozen_heads.py): the MLP, whose head may
+  span all its layers, and the ConvNet, whose head may span its fully connected layers (k <= len(fcs): its
+  convs are the encoder; the paper's own case, a conv encoder and an fc head). The ResNet's layers branch and
+  are refused. The live head is re-initialised in place (the hidden layers' LayerNorm gain and bias too, with
+  `net.norm: layer`), and a frozen copy of the old head (+) and of the fresh one (-) are kept on the net
+  (`net.frozen_heads`) and computed on the same input as the live head; the gradient reaches the encoder
+  through all three. Every later injection adds two more frozen heads: a forward pass costs 2 extra head
+  passes per injection so far. An encoder unit that CBP or ReDo later replaces reaches the output through
+  none of the three (core/units.py). With `init: zero` (Continual ImageNet's default head reset) only the
+  new head's output layer is zeroed and its hidden layers are drawn fresh (zeroed, their units would all be
+  identical and dead); the fresh head then computes 0, so h_new0 is the zero function and is not kept: each
+  such injection adds one frozen head, the old one.
   k = 1 keeps the frozen part as one linear map, (W_old - W_new0) x + (b_old - b_new0), in the output layer
   (`Linear.frozen`; any net with a linear output layer); later injections add to it. With plain SGD and no
   weight decay this is exactly equivalent to no injection: the output depends only on the sum
@@ -45,8 +51,8 @@ import torch
 from torch import nn
 
 from rl_plasticity.config import OneOf, Range
+from rl_plasticity.core.frozen_heads import FrozenHeads
 from rl_plasticity.core.methods.base import PlasticityMethod, output_layer
-from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.units import ParamUnits, rows
 
 WHAT = ("head", "last_layers", "network", "injection")
@@ -72,13 +78,17 @@ class Reset(PlasticityMethod):
         chained = what == "last_layers" or (what == "injection" and last_layers > 1)
         if what == "injection" and last_layers > 1:
             for net in self.nets:
-                if not isinstance(net, MLP):
-                    raise ValueError(f"reset what=injection with last_layers={last_layers} needs an MLP, whose "
-                                     f"frozen heads follow its chain of layers; {type(net).__name__} is not one: "
-                                     f"use last_layers=1 to inject into its output layer")
-            if init == "zero":
-                raise ValueError("reset what=injection with last_layers >= 2 and init=zero would leave every hidden "
-                                 "unit of the new head identical (and dead); use init=fresh")
+                name = type(net).__name__
+                if not isinstance(net, FrozenHeads):
+                    why = "its layers branch" if getattr(net, "residual", False) else "it keeps no frozen heads"
+                    raise ValueError(f"reset what=injection with last_layers={last_layers} needs a net whose last "
+                                     f"layers form a chain that frozen heads can copy (an MLP, or the ConvNet's "
+                                     f"fully connected layers); {name} is not one ({why}): use last_layers=1 to "
+                                     f"inject into its output layer")
+                if last_layers > net.max_head_layers:
+                    raise ValueError(f"reset last_layers ({last_layers}) exceeds the {net.max_head_layers} layers of "
+                                     f"{name} that what=injection can copy into frozen heads{net.head_note}; use "
+                                     f"last_layers <= {net.max_head_layers}")
         if chained:
             for net in self.nets:
                 stack = getattr(net, "layers", None)
@@ -157,8 +167,20 @@ class Reset(PlasticityMethod):
         delta = (old[0] - head.weight, old[1] - head.bias)  # h_old - h_new0, one linear map
         head.frozen = delta if head.frozen is None else tuple(f + d for f, d in zip(head.frozen, delta))
 
-    def _inject(self, net: nn.Module, layers: list[nn.Module]) -> None:
+    def _later_heads(self, net: FrozenHeads, starts) -> None:
+        """Refuse frozen heads that start after this injection's first layer: their input is computed by layers
+        it re-initialises, so the output would not stay unchanged (they come from an injection into fewer last
+        layers, e.g. a run resumed with a larger last_layers)."""
+        later = sorted({s for s in starts if s > len(net.layers) - self.last_layers})
+        if later:
+            raise ValueError(f"reset what=injection with last_layers={self.last_layers}: {type(net).__name__} keeps "
+                             f"frozen heads of an injection into its last {len(net.layers) - later[0]} layers, which "
+                             f"read a layer this injection re-initialises; keep last_layers <= "
+                             f"{len(net.layers) - later[-1]}")
+
+    def _inject(self, net: FrozenHeads, layers: list[nn.Module]) -> None:
         start = len(net.layers) - self.last_layers
+        self._later_heads(net, net.frozen_starts())
         old = [p.detach().clone() for p in net.head_parameters(start)]
         output = net.layers[-1]
         if output.frozen is not None:  # a linear map frozen by an output-layer injection: part of the old head
@@ -166,9 +188,14 @@ class Reset(PlasticityMethod):
             old[-1] += output.frozen[1]
             output.frozen = None
         for layer in layers:
-            self._reinit(layer)
-        new0 = [p.detach().clone() for p in net.head_parameters(start)]
-        net.set_frozen_heads([*net.frozen_heads, (1.0, start, old), (-1.0, start, new0)])
+            if layer is output:
+                self._reinit(layer)  # init=zero: a zero output layer, the official Continual ImageNet head
+            else:
+                layer.reset_parameters(self.generators)  # hidden layers (and their norms) are always fresh
+        heads = [*net.frozen_heads, (1.0, start, old)]
+        if self.init != "zero":  # with a zero output layer h_new0 is the zero function: nothing to subtract
+            heads.append((-1.0, start, [p.detach().clone() for p in net.head_parameters(start)]))
+        net.set_frozen_heads(heads)
 
     def _forget(self, layers: list[nn.Module], learner) -> None:
         """Tell the learner's methods that the parameters of `layers`, and the units they compute, are new."""
@@ -187,9 +214,8 @@ class Reset(PlasticityMethod):
         injection = self.what == "injection"
         frozen = [None if output_layer(net).frozen is None else [t.clone() for t in output_layer(net).frozen]
                   for net in self.nets] if injection else []
-        heads = [[{"sign": sign, "start": start, "tensors": [t.clone() for t in tensors]}
-                  for sign, start, tensors in getattr(net, "frozen_heads", [])]
-                 for net in self.nets] if injection else []
+        heads = [net.frozen_heads_state() if isinstance(net, FrozenHeads) else [] for net in self.nets] \
+            if injection else []
         return {"steps": self.steps, "resets": self.resets, "frozen": frozen, "heads": heads}
 
     def load_state_dict(self, sd: dict) -> None:
@@ -198,11 +224,10 @@ class Reset(PlasticityMethod):
             head = output_layer(net)
             head.frozen = None if frozen is None else tuple(t.to(head.weight.device, copy=True) for t in frozen)
         for net, heads in zip(self.nets, sd.get("heads", [])):  # absent from checkpoints of k = 1 only
-            if not isinstance(net, MLP):
-                if heads:
-                    raise ValueError(f"the saved frozen heads of plasticity injection need an MLP, not "
-                                     f"{type(net).__name__}")
-                continue
-            device = output_layer(net).weight.device
-            net.set_frozen_heads([(float(h["sign"]), int(h["start"]), [t.to(device, copy=True) for t in h["tensors"]])
-                                  for h in heads])
+            if isinstance(net, FrozenHeads):
+                if self.last_layers > 1:
+                    self._later_heads(net, [int(h["start"]) for h in heads])
+                net.load_frozen_heads_state(heads)
+            elif heads:
+                raise ValueError(f"the saved frozen heads of plasticity injection need a net that keeps them (an MLP "
+                                 f"or a ConvNet), not {type(net).__name__}")
