@@ -13,9 +13,11 @@ entropy enters the loss only with ent_coef > 0 (the paper uses none).
 Acting needs no autograd: the actor's weights are read through numpy views that share memory with
 the torch parameters (optimizer steps and unit resets write in place), so a batch-1 forward pass is
 three small matmuls with no torch dispatch. The numpy path covers ReLU and CReLU actors, with or without
-LayerNorm (`net.norm: layer`), and the one linear map that plasticity injection into the output layer
-freezes; an actor with another activation, or with the frozen heads of an injection into more layers, acts
-through its torch forward instead.
+LayerNorm (`net.norm: layer`), the one linear map that plasticity injection into the output layer freezes, and
+the frozen heads of an injection into more layers: numpy views of their stacks (core/frozen_heads.py, replica
+0), all the heads of one start computed together, a few matmuls per layer whatever their number; the views are
+rebound whenever the heads change (`frozen_heads_version`). An actor with another activation acts through its
+torch forward instead.
 """
 
 from __future__ import annotations
@@ -89,17 +91,34 @@ class PPOAgent:
         def numpy_of(param: torch.nn.Parameter) -> np.ndarray:  # replica 0, sharing memory with the parameter
             return param.detach()[0].numpy()
 
-        self._np_layers = [(numpy_of(layer.weight), numpy_of(layer.bias)) for layer in self.actor.layers]
-        self._np_norms = [(numpy_of(norm.weight), numpy_of(norm.bias), norm.eps) for norm in self.actor.norms]
-        self._np_crelu = self.actor.activation_name == "crelu"
-        self._numpy_acting = self.actor.activation_name in NUMPY_ACTIVATIONS
+        actor = self.actor
+        self._np_layers = [(numpy_of(layer.weight), numpy_of(layer.bias)) for layer in actor.layers]
+        self._np_norms = [(numpy_of(norm.weight), numpy_of(norm.bias), norm.eps) for norm in actor.norms]
+        self._np_crelu = actor.activation_name == "crelu"
+        self._numpy_acting = actor.activation_name in NUMPY_ACTIVATIONS
+        # The frozen heads of injection into k >= 2 layers, per start: (start, signs [H], layers), each layer
+        # (weight [H, out, in], bias [H, out], norm gain, bias [H, U] and eps or None), views of the stacks'
+        # replica 0, so in-place edits (core/units.py) reach them.
+        self._np_heads = []
+        for stack in actor.head_stacks:
+            tensors, layers, at = [t.detach()[:, 0].numpy() for t in stack.tensors], [], 0
+            for i in range(stack.start, len(actor.layers)):
+                n = len(actor.layer_parameters(i))
+                w, b, *norm = tensors[at:at + n]
+                at += n
+                layers.append((w, b, (*norm, actor.norms[i].eps) if norm else None))
+            self._np_heads.append((stack.start, stack.signs.numpy(), layers))
+        self._np_heads_version = actor.frozen_heads_version
 
     def policy_mean(self, obs: np.ndarray) -> np.ndarray:
         """Batch-1 actor forward pass: in numpy for ReLU and CReLU actors, through torch for the others."""
-        if not self._numpy_acting or self.actor.frozen_heads:  # injection into k >= 2 layers (core/networks.py)
+        if not self._numpy_acting:
             return self._torch_policy_mean(obs)
-        x = obs
+        if self._np_heads_version != self.actor.frozen_heads_version:  # an injection made new stacks
+            self._bind_numpy_policy()
+        x, inputs = obs, {}
         for i, (w, b) in enumerate(self._np_layers[:-1]):
+            inputs[i] = x
             x = w @ x + b
             if self._np_norms:
                 gain, bias, eps = self._np_norms[i]
@@ -110,11 +129,38 @@ class PPOAgent:
                 x = np.concatenate((np.maximum(x, 0.0), np.maximum(-x, 0.0)))
             else:
                 np.maximum(x, 0.0, out=x)
+        inputs[len(self._np_layers) - 1] = x
         w, b = self._np_layers[-1]
+        out = w @ x + b
         frozen = self.actor.layers[-1].frozen  # plasticity injection's frozen map (core/methods/reset.py)
-        if frozen is None:
-            return w @ x + b
-        return w @ x + b + frozen[0][0].numpy() @ x + frozen[1][0].numpy()
+        if frozen is not None:
+            out = out + frozen[0][0].numpy() @ x + frozen[1][0].numpy()
+        for start, signs, layers in self._np_heads:
+            out = out + self._numpy_heads(inputs[start], signs, layers)
+        return out
+
+    def _numpy_heads(self, x: np.ndarray, signs: np.ndarray, layers: list) -> np.ndarray:
+        """The sum, signed, of the H frozen heads of one start on their shared input x [in]: [out]."""
+        last = len(layers) - 1
+        for j, (w, b, norm) in enumerate(layers):
+            if j == 0:
+                # Every head reads x. Not one [H*out, in] @ x: past ~2k rows OpenBLAS goes multi-threaded, which
+                # stalls for milliseconds on a busy machine; a stacked matmul makes one small product per head.
+                h = np.matmul(w, x) + b  # [H, out]
+            else:
+                h = np.matmul(w, h[:, :, None])[:, :, 0] + b  # [H, out, in] @ [H, in]
+            if j == last:
+                break  # the output layer: no norm, no activation
+            if norm is not None:
+                gain, bias, eps = norm
+                h -= h.mean(1, keepdims=True)
+                h *= gain / np.sqrt(np.square(h).mean(1, keepdims=True) + eps)
+                h += bias
+            if self._np_crelu:
+                h = np.concatenate((np.maximum(h, 0.0), np.maximum(-h, 0.0)), 1)
+            else:
+                np.maximum(h, 0.0, out=h)
+        return signs @ h
 
     @torch.no_grad()
     def _torch_policy_mean(self, obs: np.ndarray) -> np.ndarray:

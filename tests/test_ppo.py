@@ -240,3 +240,55 @@ def test_env_state_restores_mid_episode_exactly(env_id):
         run.runner.collect(run.buffer, run.agent.policy_mean, run.agent.action_std())
     assert np.array_equal(a.buffer.obs, b.buffer.obs) and np.array_equal(a.buffer.rewards, b.buffer.rewards)
     assert a.runner.physics_value == b.runner.physics_value
+
+
+# --------------------------------------------------------------------------- acting through frozen heads
+
+
+@pytest.mark.parametrize("activation, norm", [("relu", "none"), ("relu", "layer"), ("crelu", "none"),
+                                              ("crelu", "layer")])
+def test_policy_mean_acts_in_numpy_through_the_frozen_heads_of_injections_into_two_layers(activation, norm,
+                                                                                         monkeypatch):
+    import copy
+
+    from rl_plasticity.agents.ppo import PPOAgent, PPOSettings
+    from rl_plasticity.core.builders import METHOD_DEFAULTS
+
+    cfg = copy.deepcopy(METHOD_DEFAULTS)
+    cfg["optimizer"].update(name="adam", lr=1e-2)
+    cfg["reset"].update(enabled=True, what="injection", when="task_switch")  # last_layers: 2
+    generators = [torch.Generator().manual_seed(3)]
+    agent = PPOAgent(5, 3, [8, 8], activation, "lecun", 0.0, PPOSettings(), cfg, torch.Generator().manual_seed(0),
+                     generators, torch.Generator().manual_seed(1), norm=norm)
+
+    def no_torch(obs):
+        raise AssertionError("policy_mean left the numpy path")
+
+    monkeypatch.setattr(agent, "_torch_policy_mean", no_torch)
+    observations = np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)
+    g = torch.Generator().manual_seed(4)
+
+    def check():
+        with torch.no_grad():
+            expected = agent.actor(torch.from_numpy(observations))
+        np.testing.assert_allclose(np.stack([agent.policy_mean(o) for o in observations]), expected.numpy(),
+                                   rtol=1e-5, atol=1e-5)
+
+    for injection in (1, 2, 3):
+        agent.learner.task_switch()  # new stacks: policy_mean rebinds its numpy views
+        batch = torch.randn(16, 5, generator=g)  # the live head moves away from the fresh one
+        agent.learner.update(agent.actor(batch).square().sum() + agent.critic(batch).square().sum() +
+                             agent.log_std.sum())
+        assert len(agent.actor.frozen_heads) == 2 * injection
+        if injection in (1, 3):
+            check()
+    # An in-place edit of the stack (CBP replacing units the heads read, core/units.py) reaches the numpy views.
+    group = agent.actor.groups[0]
+    mask = torch.zeros(1, 8, dtype=torch.bool)
+    mask[0, [2, 5]] = True
+    first = agent.actor.head_stacks[0].tensors[0]
+    before = first.clone()
+    group.reinit(mask, generators)
+    assert not torch.equal(first, before)
+    assert all(torch.all(group.outgoing_view(first[h])[mask] == 0) for h in range(first.shape[0]))
+    check()

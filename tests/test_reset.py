@@ -525,6 +525,9 @@ def test_injection_checkpoint_round_trip_gives_identical_outputs_and_next_steps(
         h.set_state(g.get_state())
     x = torch.randn(2, 6, 3)
     assert torch.equal(other(x), net(x)) and restored.methods[0].resets == 2
+    assert [(stack.start, stack.heads) for stack in other.head_stacks] == [(1, 4)]  # the stack rebuilt on load
+    assert [w.data_ptr() for w, _ in other.layers[1].frozen_readers] == [
+        other.head_stacks[0].tensors[0][h].data_ptr() for h in range(4)]
     steps(net, learner, 4, seed=2)  # a third injection after step 9
     steps(other, restored, 4, seed=2)
     assert len(other.frozen_heads) == 6 and torch.equal(other(x), net(x))
@@ -561,15 +564,103 @@ def test_encoder_units_replaced_after_an_injection_reach_the_output_through_no_f
     before = [h.mean(1) for h in first_layers(z)]
     mask = torch.zeros(2, 4, dtype=torch.bool)
     mask[0, 1] = mask[1, 3] = True
+    stack = net.head_stacks[0]  # the readers are views of the stack: what the forward computes
+    assert [w.data_ptr() for w, _ in readers] == [stack.tensors[0][h].data_ptr() for h in range(stack.heads)]
+    biases = stack.tensors[1].clone()
     group.add_to_outgoing_bias(group.batch_mean(z) * mask)
     group.reinit(mask, gens(2))
     assert all(torch.all(w.transpose(1, 2)[mask] == 0) for w, _ in readers)
+    assert all(torch.all(stack.tensors[0][h].transpose(1, 2)[mask] == 0) for h in range(stack.heads))
+    assert not torch.equal(stack.tensors[1], biases)  # the bias transfer reached the stack too
+    assert torch.allclose(net(x), loop_reference(net, x), atol=1e-6)
     out = net(x).detach()
     # The units' mean input to every first layer moved into its bias ...
     assert all(torch.allclose(a, b.mean(1), atol=1e-5) for a, b in zip(before, first_layers(z * ~mask.unsqueeze(1))))
     with torch.no_grad():  # ... and whatever the new units now compute, no head sees it yet
         net.layers[0].weight[mask] *= 3
     assert torch.equal(net(x), out)
+
+
+def loop_reference(net, x):
+    """The frozen heads as they were computed before they were stacked, kept here as the reference: the live
+    net's output plus (or minus) each head alone, layer by layer (`net.frozen_layer`), on the input of the layer
+    it starts at."""
+    inputs, live = {}, {}
+    hooks = [net.layers[s].register_forward_pre_hook(lambda m, args, s=s: inputs.setdefault(s, args[0]))
+             for s in net.frozen_starts()]
+    hooks.append(net.layers[-1].register_forward_hook(lambda m, args, out: live.setdefault("out", out)))
+    net(x)
+    for hook in hooks:
+        hook.remove()
+    out = live["out"]
+    for sign, start, tensors in net.frozen_heads:
+        z, at = inputs[start], 0
+        for i in range(start, len(net.layers)):
+            n = len(net.layer_parameters(i))
+            z = net.frozen_layer(i, z, tensors[at:at + n])
+            at += n
+        out = out + z if sign > 0 else out - z
+    return out
+
+
+def _batched_equals_loop(net, x, y):
+    """The stacked heads' output and every parameter's gradient equal the loop's."""
+    def grads(out):
+        return torch.autograd.grad((out - y).square().sum(), list(net.parameters()))
+
+    batched, reference = net(x), loop_reference(net, x)
+    assert torch.allclose(batched, reference, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads(batched), grads(reference)))
+
+
+@pytest.mark.parametrize("activation, norm", [("relu", "none"), ("relu", "layer"), ("crelu", "none"),
+                                              ("crelu", "layer")])
+@pytest.mark.parametrize("replicas", [2, 1])
+def test_stacked_frozen_heads_equal_the_loop_over_heads_with_one_stack_per_start(activation, norm, replicas):
+    net = MLP([3, 4, 5, 6, 2], activation=activation, init="kaiming", replicas=replicas, norm=norm)
+    net.reset_parameters(gens(replicas, seed=0))
+    opt = Adam(net.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(replicas, 6, 3, generator=g) if replicas > 1 else torch.randn(6, 3, generator=g)
+    y = torch.randn(*x.shape[:-1], 2, generator=g)
+    # Two injections into the last 3 layers, then one into the last 2 (a run resumed with fewer last layers):
+    # heads from layers 1 and 2, two stacks.
+    for k in (3, 3, 2):
+        train(net, opt, steps=2, seed=k)
+        Reset([net], net.groups, opt, gens(replicas), what="injection", last_layers=k).apply()
+        train(net, opt, steps=2, seed=k + 10)  # the live head moves away from the fresh one
+        _batched_equals_loop(net, x, y)
+    assert [(stack.start, stack.heads) for stack in net.head_stacks] == [(1, 4), (2, 2)]
+    assert [s for s, _, _ in net.frozen_heads] == [1.0, -1.0] * 3  # the order they were added in, kept
+    # Every head's tensors are slices of its stack, as are the first layers' readers.
+    for sign, start, tensors in net.frozen_heads:
+        stack = next(st for st in net.head_stacks if st.start == start)
+        assert all(t._base is u or t._base is u._base for t, u in zip(tensors, stack.tensors))
+    assert len(net.layers[1].frozen_readers) == 4 and len(net.layers[2].frozen_readers) == 2
+    # The checkpoint keeps one dict per head, in that order, and rebuilds the same stacks.
+    state = net.frozen_heads_state()
+    other = MLP([3, 4, 5, 6, 2], activation=activation, init="kaiming", replicas=replicas, norm=norm)
+    with torch.no_grad():
+        for p, q in zip(other.parameters(), net.parameters()):
+            p.copy_(q)
+    other.load_frozen_heads_state(state)
+    assert [(h["sign"], h["start"]) for h in state] == [(s, st) for s, st, _ in net.frozen_heads]
+    assert torch.equal(other(x), net(x))
+
+
+def test_stacked_frozen_heads_are_one_batched_pass_per_layer_whatever_their_number():
+    from torch.profiler import ProfilerActivity, profile
+
+    def matmuls(injections):
+        net = mlp(replicas=3, sizes=(4, 6, 6, 2))
+        reset = Reset([net], net.groups, Adam(net.parameters(), lr=0.01), gens(3), what="injection")
+        for _ in range(injections):
+            reset.apply()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            net(torch.randn(3, 5, 4))
+        return sum(e.count for e in prof.key_averages() if e.key in ("aten::baddbmm", "aten::bmm", "aten::mm"))
+
+    assert matmuls(1) == matmuls(6) == 3 + 2 + 1  # the live net's 3 layers, the stack's 2, the signed sum
 
 
 def test_ppo_acts_through_the_frozen_heads_of_an_injection_into_two_layers():
@@ -864,7 +955,8 @@ def test_convnet_units_replaced_by_cbp_after_an_injection_reach_the_output_throu
     train_conv(net, opt, steps=3, seed=6, methods=[cbp])
     replaced = cbp.age[0] == 0  # replaced at the last step
     assert replaced.any() and int(cbp.replacements[0].sum()) >= int(replaced.sum())
-    for w in [group.outgoing.weight, *(w for w, _ in readers)]:
+    stack = net.head_stacks[0]
+    for w in [group.outgoing.weight, *(w for w, _ in readers), *stack.tensors[0]]:  # the stack sees the edit
         assert torch.all(blocks(w.detach())[replaced] == 0)
     out = net(x).detach()
     with torch.no_grad():  # whatever the new units now compute, no head sees it yet
@@ -875,6 +967,20 @@ def test_convnet_units_replaced_by_cbp_after_an_injection_reach_the_output_throu
     with torch.no_grad():
         group.incoming.bias[~replaced] += 1
     assert not torch.equal(net(x), out)
+
+
+@one_thread
+def test_stacked_frozen_heads_of_the_convnet_equal_the_loop_over_heads():
+    net = convnet()
+    opt = Adam(net.parameters(), lr=0.01)
+    x, labels = images(5, seed=9)
+    y = torch.nn.functional.one_hot(labels, 2).float()
+    for k, init in ((3, "fresh"), (2, "zero"), (2, "fresh")):
+        train_conv(net, opt, steps=2, seed=k)
+        Reset([net], net.groups, opt, gens(), what="injection", last_layers=k, init=init).apply()
+        train_conv(net, opt, steps=2, seed=k + 10)
+        _batched_equals_loop(net, x, y)
+    assert [(stack.start, stack.heads) for stack in net.head_stacks] == [(3, 2), (4, 3)]
 
 
 @one_thread
@@ -898,16 +1004,14 @@ def test_an_injection_into_more_layers_refuses_frozen_heads_that_start_inside_it
 
 
 @one_thread
-def test_continual_imagenet_trains_with_injection_and_refuses_more_layers_than_its_fc_head(tmp_path):
+def test_continual_imagenet_refuses_injection_whose_old_head_would_answer_the_new_labels(tmp_path, capsys):
+    # Every task has new labels and must start from a reset head; injection keeps the old head's function.
     from rl_plasticity.cli import main
 
     config = str(ROOT / "configs/continual_imagenet/cpu_bp.yaml")
-    tiny = ["reset.enabled=true", "reset.what=injection", "tasks=2", "epochs_per_task=1",
-            "data.train_per_class=20", "data.test_per_class=10", "log.checkpoint_every_tasks=1"]
-    args = ["train", config, "--seed", "0", "--out", str(tmp_path / "ok")] + [x for s in tiny for x in ("--set", s)]
-    assert main(args) == 0 and (tmp_path / "ok" / "results.json").exists()
-    args = ["train", config, "--seed", "0", "--out", str(tmp_path / "bad"), "--set", "reset.last_layers=5"]
-    assert main(args + [x for s in tiny for x in ("--set", s)]) == 2 and not (tmp_path / "bad").exists()
+    args = ["train", config, "--seed", "0", "--out", str(tmp_path / "bad"), "--set", "reset.what=injection"]
+    assert main(args) == 2 and not (tmp_path / "bad").exists()
+    assert "reset.what" in capsys.readouterr().err
 
 
 def test_mlp_injection_with_zero_init_zeroes_only_the_output_layer_and_keeps_one_head_per_injection():

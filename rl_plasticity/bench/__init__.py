@@ -12,4 +12,5 @@ BENCHES = {
     "ppo": "rl_plasticity.bench.ppo_speed",
     "supervised": "rl_plasticity.bench.supervised",
     "sb3": "rl_plasticity.bench.sb3",
+    "heads": "rl_plasticity.bench.frozen_heads",
 }

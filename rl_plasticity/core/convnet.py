@@ -68,7 +68,7 @@ class ConvNet(FrozenHeads, nn.Module):
                                         outgoing_view=flattened_columns(c_in)))
         self.groups += [UnitGroup(f"fc{i}", fcs[i], fcs[i + 1]) for i in range(len(fcs) - 1)]
         self.first_head_layer = len(convs)  # frozen heads copy fc layers only
-        self.frozen_heads = []  # plasticity injection into k >= 2 layers (core/frozen_heads.py)
+        self.set_frozen_heads([])  # plasticity injection into k >= 2 layers (core/frozen_heads.py)
 
     @property
     def head(self) -> Linear:
@@ -84,7 +84,8 @@ class ConvNet(FrozenHeads, nn.Module):
 
     def frozen_layer(self, i: int, x: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
         """fc layer i on x with `tensors` (weight, bias), as forward computes it: linear, then ReLU unless it is
-        the output layer."""
+        the output layer. The frozen heads fold their head axis into the replica axis: x [H, B, in], tensors
+        [H, ...]."""
         h = replica_linear(x, tensors[0], tensors[1])
         return h if i == len(self.layers) - 1 else torch.relu(h)
 

@@ -59,7 +59,7 @@ class Linear(nn.Module):
     `frozen` is None or a (weight, bias) pair of untrained tensors whose linear map is added to the output:
     the function that plasticity injection into this one layer freezes (core/methods/reset.py).
     `frozen_readers` lists the (weight, bias) first layers of frozen heads that read this layer's input too
-    (injection into the last k >= 2 layers of an MLP, core/networks.py): a method that re-initialises an
+    (injection into the last k >= 2 layers, core/frozen_heads.py): a method that re-initialises an
     input unit zeroes its column there as well (core/units.py). The layer's forward never uses them.
     """
 

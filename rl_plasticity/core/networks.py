@@ -25,7 +25,8 @@ Two MLP options from the plasticity literature:
 Plasticity injection into the last k >= 2 layers (core/methods/reset.py) keeps its frozen heads on the MLP
 (`frozen_heads`; core/frozen_heads.py keeps them, for the ConvNet too): a head may start at any layer, and the
 MLP supplies how one of its layers is computed with a frozen head's tensors: the replica linear map, the
-LayerNorm with its gain and bias (hidden layers, `net.norm: layer`), and the activation (CReLU included).
+LayerNorm with its gain and bias (hidden layers, `net.norm: layer`), and the activation (CReLU included). The
+heads that share a start are computed together, their head axis folded into the replica axis.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class MLP(FrozenHeads, nn.Module):
                       outgoing_view=paired_columns(sizes[i + 1]) if self.paired else columns,
                       mean_shape=(2,) if self.paired else ())
             for i in range(n_layers - 1)]
-        self.frozen_heads = []  # plasticity injection into k >= 2 layers (core/frozen_heads.py)
+        self.set_frozen_heads([])  # plasticity injection into k >= 2 layers (core/frozen_heads.py)
 
     @property
     def replicas(self) -> int:
@@ -159,7 +160,8 @@ class MLP(FrozenHeads, nn.Module):
         return params
 
     def frozen_layer(self, i: int, x: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """Layer i on x with `tensors` (shaped as layer_parameters(i)), as forward computes it."""
+        """Layer i on x with `tensors` (shaped as layer_parameters(i), but with any number R' of replicas: the
+        frozen heads fold their head axis into it, x [R', B, in]), as forward computes it."""
         h = replica_linear(x, tensors[0], tensors[1])
         if i == len(self.layers) - 1:
             return h

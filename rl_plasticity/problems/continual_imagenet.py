@@ -105,6 +105,9 @@ def check(cfg: dict) -> None:
     if not r["enabled"] or r["when"] != "task_switch":
         raise UserError("config keys 'reset.enabled' and 'reset.when' must stay true and task_switch: every task "
                         "of Continual ImageNet has new labels, so each starts with a reset head (set 'reset.what')")
+    if r["what"] == "injection":
+        raise UserError("config key 'reset.what': injection keeps the old head's function, but every task of Continual "
+                        "ImageNet has new labels and starts with a reset head; use head, last_layers or network")
     check_data_path(cfg, EXPECTED)
 
 

@@ -21,8 +21,9 @@
   are refused. The live head is re-initialised in place (the hidden layers' LayerNorm gain and bias too, with
   `net.norm: layer`), and a frozen copy of the old head (+) and of the fresh one (-) are kept on the net
   (`net.frozen_heads`) and computed on the same input as the live head; the gradient reaches the encoder
-  through all three. Every later injection adds two more frozen heads: a forward pass costs 2 extra head
-  passes per injection so far. An encoder unit that CBP or ReDo later replaces reaches the output through
+  through all three. Every later injection adds two more frozen heads: a forward pass does the arithmetic of
+  2 extra heads per injection so far, though in one batched pass per layer (the heads are stacked,
+  core/frozen_heads.py). An encoder unit that CBP or ReDo later replaces reaches the output through
   none of the three (core/units.py). With `init: zero` (Continual ImageNet's default head reset) only the
   new head's output layer is zeroed and its hidden layers are drawn fresh (zeroed, their units would all be
   identical and dead); the fresh head then computes 0, so h_new0 is the zero function and is not kept: each
