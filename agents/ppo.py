@@ -101,11 +101,8 @@ class PPOAgent:
         # replica 0, so in-place edits (core/units.py) reach them.
         self._np_heads = []
         for stack in actor.head_stacks:
-            tensors, layers, at = [t.detach()[:, 0].numpy() for t in stack.tensors], [], 0
-            for i in range(stack.start, len(actor.layers)):
-                n = len(actor.layer_parameters(i))
-                w, b, *norm = tensors[at:at + n]
-                at += n
+            layers = []
+            for i, (w, b, *norm) in actor.by_layer(stack.start, [t.detach()[:, 0].numpy() for t in stack.tensors]):
                 layers.append((w, b, (*norm, actor.norms[i].eps) if norm else None))
             self._np_heads.append((stack.start, stack.signs.numpy(), layers))
         self._np_heads_version = actor.frozen_heads_version

@@ -424,6 +424,20 @@ def _three_heads(x, live, old, new0):
     return _head(z, *old) + _head(z, *live[2:]) - _head(z, *new0)
 
 
+def _assert_sgd_step_follows_the_hand_formula(net, opt, x, live, by_hand, old, new0, loss):
+    """net(x) equals `by_hand` (the formula on `live`, copies of the net's parameters), and one SGD step (lr 0.05)
+    of `loss` moves every parameter where autograd on the formula says; the frozen snapshots stay."""
+    assert torch.allclose(net(x), by_hand, atol=1e-6)
+    grads = torch.autograd.grad(loss(by_hand), live)
+    before = [p.detach().clone() for p in net.parameters()]
+    opt.step(list(torch.autograd.grad(loss(net(x)), list(net.parameters()))))
+    for p, q, grad in zip(net.parameters(), live, grads):
+        assert torch.allclose(p, q - 0.05 * grad, atol=1e-6)
+    assert all(not torch.equal(p, q) for p, q in zip(net.parameters(), before))  # encoder and live head both learn
+    (_, _, old_now), (_, _, new0_now) = net.frozen_heads
+    assert all(torch.equal(a, b) for a, b in zip(old + new0, old_now + new0_now))  # the snapshots do not
+
+
 def test_injected_forward_and_an_sgd_step_equal_the_hand_written_three_head_formula():
     from rl_plasticity.core.optim import SGD
 
@@ -438,17 +452,8 @@ def test_injected_forward_and_an_sgd_step_equal_the_hand_written_three_head_form
     g = torch.Generator().manual_seed(9)
     x, y = torch.randn(2, 6, 3, generator=g), torch.randn(2, 6, 2, generator=g)
     live = [p.detach().clone().requires_grad_() for p in net.parameters()]  # w0, b0, w1, b1, w2, b2
-    by_hand = _three_heads(x, live, old, new0)
-    assert torch.allclose(net(x), by_hand, atol=1e-6)
-    # One SGD step: autograd on the hand formula says where every parameter goes.
-    grads = torch.autograd.grad((by_hand - y).square().sum(), live)
-    before = [p.detach().clone() for p in net.parameters()]
-    opt.step(list(torch.autograd.grad((net(x) - y).square().sum(), list(net.parameters()))))
-    for p, q, grad in zip(net.parameters(), live, grads):
-        assert torch.allclose(p, q - 0.05 * grad, atol=1e-6)
-    assert all(not torch.equal(p, q) for p, q in zip(net.parameters(), before))  # trunk and live head both learn
-    (_, _, old_now), (_, _, new0_now) = net.frozen_heads
-    assert all(torch.equal(a, b) for a, b in zip(old + new0, old_now + new0_now))  # the snapshots do not
+    _assert_sgd_step_follows_the_hand_formula(net, opt, x, live, _three_heads(x, live, old, new0), old, new0,
+                                              lambda out: (out - y).square().sum())
 
 
 def _sgd_stream(k, steps=300, every=50):
@@ -825,15 +830,8 @@ def test_convnet_injected_forward_and_an_sgd_step_equal_the_hand_written_three_h
     for w, b in zip(fc_encoder[::2], fc_encoder[1::2]):  # ... and the fc layers before the head
         z = torch.relu(z @ w[0].T + b[0])
     by_hand = _chain(z, old) + _chain(z, fc_head) - _chain(z, new0)  # Eq. (1)
-    assert torch.allclose(net(x), by_hand, atol=1e-6)
-    grads = torch.autograd.grad(F.cross_entropy(by_hand, y), live)
-    before = [p.detach().clone() for p in net.parameters()]
-    opt.step(list(torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))))
-    for p, q, grad in zip(net.parameters(), live, grads):
-        assert torch.allclose(p, q - 0.05 * grad, atol=1e-6)
-    assert all(not torch.equal(p, q) for p, q in zip(net.parameters(), before))  # encoder and live head both learn
-    (_, _, old_now), (_, _, new0_now) = net.frozen_heads
-    assert all(torch.equal(a, b) for a, b in zip(old + new0, old_now + new0_now))  # the snapshots do not
+    _assert_sgd_step_follows_the_hand_formula(net, opt, x, live, by_hand, old, new0,
+                                              lambda out: F.cross_entropy(out, y))
 
 
 def _conv_sgd_stream(k, steps=40, every=10):

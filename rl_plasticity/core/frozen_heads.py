@@ -123,6 +123,15 @@ class FrozenHeads:
         """The layers whose input a forward pass must keep for the frozen heads."""
         return {stack.start for stack in self.head_stacks}
 
+    def by_layer(self, start: int, tensors: list[torch.Tensor]) -> list[tuple[int, list[torch.Tensor]]]:
+        """A head's (or stack's) tensors, in head_parameters(start)'s order, split per layer: [(i, layer i's)]."""
+        split, at = [], 0
+        for i in range(start, len(self.layers)):
+            n = len(self.layer_parameters(i))
+            split.append((i, tensors[at:at + n]))
+            at += n
+        return split
+
     def stacked_heads(self, x: torch.Tensor, stack: HeadStack) -> torch.Tensor:
         """The H heads of `stack` on their input x [R, B, in] (or [B, in] with one replica), all at once:
         [H, R, B, out] (or [H, B, out]). No activation tap is written."""
@@ -132,11 +141,8 @@ class FrozenHeads:
         replicas = x.shape[0]
         # Every head reads the same input: repeat it along a head axis folded into the replica axis.
         x = x.expand(stack.heads, *x.shape).reshape(stack.heads * replicas, *x.shape[1:])
-        at = 0
-        for i in range(stack.start, len(self.layers)):
-            n = len(self.layer_parameters(i))
-            x = self.frozen_layer(i, x, stack.folded[at:at + n])
-            at += n
+        for i, tensors in self.by_layer(stack.start, stack.folded):
+            x = self.frozen_layer(i, x, tensors)
         x = x.unflatten(0, (stack.heads, replicas))
         return x[:, 0] if single else x
 

@@ -76,7 +76,6 @@ class Reset(PlasticityMethod):
             raise ValueError("reset needs the networks it resets; build the learner with nets=[...]")
         self.nets, self.groups, self.optimizer, self.generators = list(nets), groups, optimizer, generators
         self.what, self.init, self.when, self.every = what, init, when, every
-        chained = what == "last_layers" or (what == "injection" and last_layers > 1)
         if what == "injection" and last_layers > 1:
             for net in self.nets:
                 name = type(net).__name__
@@ -90,7 +89,7 @@ class Reset(PlasticityMethod):
                     raise ValueError(f"reset last_layers ({last_layers}) exceeds the {net.max_head_layers} layers of "
                                      f"{name} that what=injection can copy into frozen heads{net.head_note}; use "
                                      f"last_layers <= {net.max_head_layers}")
-        if chained:
+        if what == "last_layers":
             for net in self.nets:
                 stack = getattr(net, "layers", None)
                 if stack is None or getattr(net, "residual", False):
@@ -106,6 +105,8 @@ class Reset(PlasticityMethod):
                                                                 for net in self.nets):
             raise ValueError("reset what=injection needs linear output layers (core.layers.Linear)")
         self.last_layers = last_layers
+        # the last `last_layers` layers of each net's chain, rather than its output layer alone
+        self.chained = what == "last_layers" or (what == "injection" and last_layers > 1)
         self.steps, self.resets = 0, 0
 
     @classmethod
@@ -120,8 +121,7 @@ class Reset(PlasticityMethod):
         """The layers of `net` this reset re-initialises."""
         if self.what == "network":
             return [m for m in net.modules() if any(True for _ in m.parameters(recurse=False))]
-        chained = self.what == "last_layers" or (self.what == "injection" and self.last_layers > 1)
-        layers = list(net.layers)[-self.last_layers:] if chained else [output_layer(net)]
+        layers = list(net.layers)[-self.last_layers:] if self.chained else [output_layer(net)]
         # A reset layer's units start afresh with their norm's gain and bias (net.norm: layer).
         return layers + [g.norm for g in self.groups if g.norm is not None and any(g.incoming is m for m in layers)]
 
