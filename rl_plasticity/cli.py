@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # run.json records the command line (run/rundir.py relocatable_command)
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -58,6 +58,6 @@ def main(args) -> int:
     seeds = _seeds(args)
     # A run that fails before its first checkpoint (bad data, divergence) leaves no directory behind.
     with new_run_dir(args.out or default_run_dir(args.config), force=args.force, keep=has_checkpoint) as run_dir:
-        write_run_info(run_dir, cfg, seeds)
+        write_run_info(run_dir, cfg, seeds, command=args.argv)
         print(f"run directory: {run_dir}")
         return _exit_code(module.run(cfg, seeds, run_dir, resume=False))

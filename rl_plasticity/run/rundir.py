@@ -11,7 +11,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -195,18 +194,38 @@ def default_run_dir(config_path: str | Path, root: str | Path = "runs", now: dt.
 # --------------------------------------------------------------------------- run info
 
 
-def write_run_info(run_dir: str | Path, config: dict, seeds: list[int], extra: dict | None = None) -> None:
+def relocatable_command(args: list[str], run_dir: str | Path) -> list[str]:
+    """`rl-plasticity ARGS` with every argument that names a path (absolute, or existing relative to the
+    current directory; `--set key=path` too) written relative to the run directory, so that a run committed
+    to a repository names no folder of the machine that made it and still says where its inputs were."""
+    run_dir = Path(run_dir).absolute()
+
+    def relative(text: str) -> str:
+        path = Path(text)
+        if not text or not (path.is_absolute() or path.exists()):
+            return text
+        return os.path.relpath(path.absolute(), run_dir)
+
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        out.append(f"{key}={relative(value)}" if eq and not arg.startswith("-") else relative(arg))
+    return ["rl-plasticity", *out]
+
+
+def write_run_info(run_dir: str | Path, config: dict, seeds: list[int], extra: dict | None = None,
+                   command: list[str] | None = None) -> None:
     """Write the resolved config (`config.yaml`) and how the run was made (`run.json`).
 
-    `extra` entries are added to run.json's top level. config.yaml is written last, so its presence
-    marks a complete run directory.
+    `command` is the command line's arguments after `rl-plasticity` (default: this process's); it is
+    recorded relative to the run directory (relocatable_command). `extra` entries are added to run.json's
+    top level. config.yaml is written last, so its presence marks a complete run directory.
     """
     run_dir = Path(run_dir)
     info: dict[str, Any] = {
         "seeds": [int(s) for s in seeds],
-        "command": list(sys.argv),
+        "command": relocatable_command(sys.argv[1:] if command is None else command, run_dir),
         "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "hostname": socket.gethostname(),
         "python": platform.python_version(),
         "versions": package_versions(),
         "git": git_state(Path(__file__).resolve().parent),

@@ -16,6 +16,7 @@ import datetime as dt
 import fcntl
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -67,8 +68,9 @@ def _learner(config_path: Path) -> str:
     return config_path.stem
 
 
-def new_manifest(configs: list[str], seeds: list[int], overrides: list[str]) -> dict:
-    """Check every config (with the overrides) now, so a typo fails before any run starts."""
+def new_manifest(configs: list[str], seeds: list[int], overrides: list[str], sweep_dir: Path) -> dict:
+    """Check every config (with the overrides) now, so a typo fails before any run starts. Each config's
+    `source` is recorded relative to the sweep directory, so a committed sweep names no folder of its machine."""
     entries, problems = [], {}
     for path in map(Path, configs):
         learner = _learner(path)
@@ -77,7 +79,7 @@ def new_manifest(configs: list[str], seeds: list[int], overrides: list[str]) -> 
                             "give them different names or sweep them separately")
         cfg, _ = resolve_config(read_yaml(path), overrides)
         problems[learner] = cfg["problem"]
-        entries.append({"learner": learner, "source": str(path.resolve()), "problem": cfg["problem"],
+        entries.append({"learner": learner, "source": os.path.relpath(path.resolve(), sweep_dir), "problem": cfg["problem"],
                         "text": path.read_text(encoding="utf-8")})
     return {"configs": entries, "seeds": seeds, "overrides": list(overrides)}
 
@@ -155,11 +157,11 @@ def _load_or_create(args) -> tuple[Path, dict]:
         raise UserError("give one or more config files (or --resume SWEEP_DIR)")
     if not args.seeds:
         raise UserError("give the seeds, e.g. --seeds 0-29")
-    manifest = new_manifest(args.configs, parse_seeds(args.seeds), args.overrides)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty: give a sweep directory (or leave --out out for runs/sweep-<time>)")
     sweep_dir = Path(args.out or f"runs/sweep-{stamp}").resolve()
+    manifest = new_manifest(args.configs, parse_seeds(args.seeds), args.overrides, sweep_dir)
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UserError(f"--out {args.out} is a file, not a sweep directory; choose another --out")
     if (sweep_dir / MANIFEST).is_file():
