@@ -67,10 +67,12 @@ class PPOAgent:
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], activation: str, init: str,
                  log_std_init: float, settings: PPOSettings, learner_cfg: dict,
                  init_generator: torch.Generator, method_generators: list[torch.Generator],
-                 minibatch_generator: torch.Generator, norm: str = "none"):
+                 minibatch_generator: torch.Generator, norm: str = "none", zero_inputs_from: int | None = None):
         self.s = settings
         self.actor = MLP([obs_dim, *hidden, act_dim], activation=activation, init=init, norm=norm)
         self.critic = MLP([obs_dim, *hidden, 1], activation=activation, init=init, norm=norm)
+        for net in (self.actor, self.critic):  # observation entries from here on are padding zeros
+            net.layers[0].zero_inputs_from = zero_inputs_from
         self.actor.reset_parameters([init_generator])
         self.critic.reset_parameters([init_generator])
         # Replica axis first, like every core parameter, so methods treat it alike.

@@ -292,3 +292,33 @@ def test_policy_mean_acts_in_numpy_through_the_frozen_heads_of_injections_into_t
     assert not torch.equal(first, before)
     assert all(torch.all(group.outgoing_view(first[h])[mask] == 0) for h in range(first.shape[0]))
     check()
+
+
+@pytest.mark.parametrize("learner", ["std", "cbp"])
+def test_first_layers_skip_the_padding_zeros_with_bit_identical_training(learner):
+    """The paper configs pad the observation with 84 zeros; the first layers read only the 27 live entries,
+    and the weights, CBP's state and Adam's state after two updates equal those of the full-width matmul."""
+    from rl_plasticity.config import read_yaml
+    from rl_plasticity.problems import resolve_config
+
+    sets = ["ppo.rollout_steps=256", "ppo.minibatch_size=64", "ppo.epochs=2", "log.probe_size=64"]
+    if learner == "cbp":
+        sets += ["cbp.maturity_threshold=4", "cbp.replacement_rate=0.05"]  # units replaced within the test
+    cfg, _ = resolve_config(read_yaml(REPO / "configs" / "friction_ant" / f"{learner}.yaml"), sets)
+    skipping, full = PPORun(cfg, seed=0), PPORun(cfg, seed=0)
+    for net in (skipping.agent.actor, skipping.agent.critic):
+        assert net.layers[0].zero_inputs_from == 27 and net.layers[0].in_features == 111
+    for net in (full.agent.actor, full.agent.critic):
+        net.layers[0].zero_inputs_from = None
+    for _ in range(2):
+        skipping.train_update()
+        full.train_update()
+    a, b = skipping.agent.learner.state_dict(), full.agent.learner.state_dict()
+    flat = lambda sd: [t for t in torch.utils._pytree.tree_leaves(sd) if isinstance(t, torch.Tensor)]  # noqa: E731
+    assert len(flat(a)) == len(flat(b)) > 0
+    assert all(torch.equal(x, y) for x, y in zip(flat(a), flat(b)))
+    params = lambda run: [*run.agent.actor.parameters(), *run.agent.critic.parameters()]  # noqa: E731
+    assert all(torch.equal(x, y) for x, y in zip(params(skipping), params(full)))
+    assert not torch.equal(params(skipping)[0], PPORun(cfg, seed=0).agent.actor.layers[0].weight)  # it trained
+    if learner == "cbp":
+        assert sum(skipping.agent.learner.stats().values()) > 0

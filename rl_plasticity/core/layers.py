@@ -58,6 +58,10 @@ class Linear(nn.Module):
     from the layer's own init distribution (a redrawn unit's bias is 0, as in the official CBP).
     `frozen` is None or a (weight, bias) pair of untrained tensors whose linear map is added to the output:
     the function that plasticity injection into this one layer freezes (core/methods/reset.py).
+    `zero_inputs_from` is None or the index from which every input is known to be zero (an observation padded
+    with zeros, as the official Ant-v3's 84 contact entries): the forward then reads only the inputs before it.
+    The weights keep their full width (the init bound, resets, L2 and metrics see the whole layer), their
+    gradient there is exactly 0 as before, and the result is the same: a zero input adds nothing to a sum.
     `frozen_readers` lists the (weight, bias) first layers of frozen heads that read this layer's input too
     (injection into the last k >= 2 layers, core/frozen_heads.py): a method that re-initialises an
     input unit zeroes its column there as well (core/units.py). The layer's forward never uses them.
@@ -72,6 +76,7 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(replicas, out_features))
         self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None
         self.frozen_readers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.zero_inputs_from: int | None = None
 
     def sample_weights(self, rows: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Fresh incoming weights for `rows` units of one replica, from the layer's init distribution."""
@@ -90,8 +95,12 @@ class Linear(nn.Module):
             self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = replica_linear(x, self.weight, self.bias)
-        return out if self.frozen is None else out + replica_linear(x, *self.frozen)
+        weight, frozen, live = self.weight, self.frozen, self.zero_inputs_from
+        if live is not None:
+            x, weight = x[..., :live], weight[..., :live]
+            frozen = None if frozen is None else (frozen[0][..., :live], frozen[1])
+        out = replica_linear(x, weight, self.bias)
+        return out if frozen is None else out + replica_linear(x, *frozen)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, replicas={self.replicas}, bound={self.bound:.4g}"

@@ -171,6 +171,16 @@ def check(cfg: dict) -> None:
         raise UserError(problem)
 
 
+
+def padding_start(env: gym.Env) -> int | None:
+    """Where `env.pad_observation_to`'s zeros start in the observation (None: not padded). The nets' first
+    layers skip them; normalised observations (`ppo.normalize_obs`) would not leave them zero, so not then."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, envs.ZeroPadObservation):
+            return env.observation_space.shape[0] - env.pad
+        env = env.env
+    return None
+
 class PPORun:
     """Everything one seed's run holds; `train_update` collects one rollout and learns from it."""
 
@@ -188,7 +198,7 @@ class PPORun:
                               p["log_std_init"], settings, cfg, init_generator=generators([seed], "init")[0],
                               method_generators=generators([seed], "method"),
                               minibatch_generator=torch.Generator().manual_seed(derive_seed(seed, "data")),
-                              norm=n["norm"])
+                              norm=n["norm"], zero_inputs_from=None if p["normalize_obs"] else padding_start(env))
         self.buffer = RolloutBuffer(p["rollout_steps"], self.runner.obs_dim, self.runner.act_dim)
         self.updates = 0
         self.probe: torch.Tensor | None = None  # log.probe "first_rollout": raw observations of the first rollout
