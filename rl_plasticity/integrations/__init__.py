@@ -3,6 +3,7 @@
 - optim.py: Adam and SGD as torch optimizers with the core's exact per-unit state reset;
 - groups.py: plain Linear/Conv layers seen as the core's unit groups (replica axis of 1);
 - finder.py: find a model's unit groups, or read the user's declaration;
-- torch_api.py: `Plasticity` / `attach_cbp` / `attach_redo` / `attach_shrink_perturb`;
+- methods.py: every method of the core's registry built on a plain model;
+- torch_api.py: `Plasticity` (any of them by section name) / `attach_cbp` / `attach_redo` / `attach_shrink_perturb`;
 - sb3.py: Stable-Baselines3 policies with the methods in actor and critic (imports SB3).
 """

@@ -76,6 +76,18 @@ class LayerUnits:
         fresh = torch.empty(rows, *w.shape[1:], dtype=w.dtype)
         return fresh.uniform_(-self.bound, self.bound, generator=generator).to(w.device)
 
+    # What the core's whole-layer methods (reset, hare & tortoise) ask of a layer: its own parameters, and a
+    # fresh init. Plain parameters, no replica axis: those methods reset optimizer state through them.
+    def parameters(self, recurse: bool = False) -> list[nn.Parameter]:
+        return [p for p in (self.layer.weight, self.layer.bias) if p is not None]
+
+    @torch.no_grad()
+    def reset_parameters(self, generators: list[torch.Generator | None]) -> None:
+        """Fresh weights from the init distribution (drawn as the core's layers draw them), bias 0."""
+        self.layer.weight.copy_(self.sample_weights(self.layer.weight.shape[0], generators[0]))
+        if self.layer.bias is not None:
+            self.layer.bias.zero_()
+
 
 class NormUnits:
     """A norm layer whose per-unit state belongs to the units: reset with them (weight 1, bias 0,
@@ -86,7 +98,14 @@ class NormUnits:
         if shape is not None and tuple(shape) != (units,):
             raise ValueError(f"a LayerNorm over {tuple(shape)} does not normalise the {units} units one by one; "
                              "only LayerNorm(units) can belong to a unit group")
-        self.norm = norm
+        self.norm, self.units = norm, units
+
+    def parameters(self, recurse: bool = False) -> list[nn.Parameter]:
+        return self.params()
+
+    def reset_parameters(self, generators=None) -> None:
+        """Every unit's norm state fresh (a reset of the layer the norm belongs to)."""
+        self.reset_units(torch.ones(1, self.units, dtype=torch.bool))
 
     def params(self) -> list[nn.Parameter]:
         return [p for p in (self.norm.weight, self.norm.bias) if p is not None]

@@ -1,0 +1,141 @@
+"""Every method of the core's registry (rl_plasticity.core.methods.METHODS) built on a plain PyTorch model.
+
+Each builder gives the core's own class what its `from_config` gets from the core's learner, made from
+the user's model:
+- unit groups (groups.py) for the methods on hidden units (CBP, ReDo) and for telling every method
+  which units a reset re-initialised;
+- the optimizer's per-unit state reset (optim.py), for every method that re-initialises weights;
+- the parameters, viewed with a replica axis of 1 where a method reads per-replica shapes (SNP's noise,
+  L2 Init's penalty) and plain where it resets them whole (hare & tortoise);
+- the model seen as a core network (`ModelLayers`) for the methods on layers (reset, Parseval, weight
+  clipping): its weight layers in module order, the last being the output layer.
+
+`check` refuses, at attach time, what a method cannot act on; the methods themselves are built later,
+on the model's first pass (where its weights then are).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from rl_plasticity.core.methods import (ContinualBackprop, HareTortoise, L2Init, Parseval, ReDo, Reset,
+                                        ShrinkPerturb, WeightClipping)
+from rl_plasticity.integrations.groups import NORM_LAYERS, WEIGHT_LAYERS, LayerUnits
+
+# The methods that re-initialise weights, so reset the optimizer state of what they re-initialise.
+NEEDS_OPTIMIZER = {"cbp", "redo", "reset"}
+# The methods that act on hidden-unit groups.
+NEEDS_UNITS = {"cbp", "redo"}
+
+
+class _WholeNorm:
+    """A norm layer that belongs to no unit group, as a whole-network reset sees it."""
+
+    def __init__(self, norm: nn.Module):
+        self.norm = norm
+
+    def parameters(self, recurse: bool = False) -> list[nn.Parameter]:
+        return list(self.norm.parameters(recurse=False))
+
+    def reset_parameters(self, generators=None) -> None:
+        self.norm.reset_parameters()  # gain 1, shift 0, running statistics fresh
+
+
+class ModelLayers:
+    """A plain model as the core's layer methods see a network: `layers` (its weight layers in module
+    order; a hidden layer is the same LayerUnits object as its unit group's, so a reset tells CBP/ReDo
+    which units are new), `head` (the last layer: the output layer), `modules()` and `reset_parameters`
+    (what a whole-network reset re-initialises: every layer, then every norm)."""
+
+    def __init__(self, model: nn.Module, groups: list, init):
+        shared = {id(g.incoming.layer): g.incoming for g in groups}
+        self.layers = [shared[id(m)] if id(m) in shared else LayerUnits(m, init)
+                       for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+        self.head = self.layers[-1] if self.layers else None
+        in_groups = {id(g.norm.norm) for g in groups if g.norm is not None}
+        self.norms = [g.norm for g in groups if g.norm is not None] + [
+            _WholeNorm(m) for m in model.modules() if isinstance(m, NORM_LAYERS) and id(m) not in in_groups]
+
+    def modules(self) -> list:
+        return [*self.layers, *self.norms]
+
+    def reset_parameters(self, generators) -> None:
+        for m in self.modules():
+            m.reset_parameters(generators)
+
+
+@dataclass
+class Attachment:
+    """What the methods of one `Plasticity` act on."""
+
+    model: nn.Module
+    params: list[nn.Parameter]
+    groups: list
+    optimizer: Any  # the object methods call reset_units on (optim.unit_resetter), or None
+    generators: list[torch.Generator]
+    init: Any
+    _layers: ModelLayers | None = field(default=None, repr=False)
+
+    def layers(self) -> ModelLayers:
+        if self._layers is None:
+            self._layers = ModelLayers(self.model, self.groups, self.init)
+        return self._layers
+
+
+def _hidden_layers(a: Attachment, what: str) -> ModelLayers:
+    layers = a.layers()
+    if len(layers.layers) < 2:
+        raise ValueError(f"{what} acts on hidden layers (every weight layer but the output layer), and "
+                         f"{type(a.model).__name__} has {len(layers.layers)} Linear/Conv layer(s)")
+    return layers
+
+
+def check(name: str, options: dict, a: Attachment) -> None:
+    """Refuse a method the model cannot take (its options are checked by torch_api.check_options)."""
+    if name in NEEDS_UNITS and not a.groups:
+        raise ValueError("CBP and ReDo need at least one hidden layer: no unit groups were declared")
+    if name == "reset":
+        what, k = options.get("what", Reset.defaults["what"]), options.get("last_layers", Reset.defaults["last_layers"])
+        if what == "injection":
+            raise ValueError("reset what='injection' keeps frozen copies of the head inside the network's forward "
+                             "pass, which a plain model's forward does not compute; valid here: "
+                             "what='head', 'last_layers' or 'network'")
+        if not a.layers().layers:
+            raise ValueError(f"reset found no Linear/Conv layer in {type(a.model).__name__}")
+        if what == "last_layers" and k > len(a.layers().layers):
+            raise ValueError(f"reset last_layers ({k}) exceeds the {len(a.layers().layers)} Linear/Conv layers "
+                             f"of {type(a.model).__name__}")
+    if name == "parseval":
+        _hidden_layers(a, "Parseval regularisation")
+    if name == "weight_clipping":
+        if not a.layers().layers:
+            raise ValueError(f"weight clipping found no Linear/Conv layer in {type(a.model).__name__}")
+        if callable(a.init):
+            raise ValueError("weight clipping clips each layer to kappa times its init bound, which a callable "
+                             "init does not tell: pass init as a name ('torch', 'lecun', 'kaiming') or a gain")
+    if name == "swr":
+        raise ValueError("swr is not available on a plain model yet (it re-initialises single weights, which "
+                         "needs per-element optimizer resets); it runs in the core's problems (swr.enabled=true)")
+
+
+def _views(params: list[nn.Parameter], detach: bool) -> list[torch.Tensor]:
+    """The params with a replica axis of 1, sharing memory (writes through them change the model)."""
+    return [(p.detach() if detach else p).unsqueeze(0) for p in params]
+
+
+# Section name -> builder (attachment, options) -> the core's method object.
+BUILDERS: dict[str, Callable[[Attachment, dict], Any]] = {
+    "cbp": lambda a, o: ContinualBackprop(a.groups, a.optimizer, a.generators, **o),
+    "redo": lambda a, o: ReDo(a.groups, a.optimizer, a.generators, **o),
+    "snp": lambda a, o: ShrinkPerturb(_views(a.params, detach=True), a.generators, **o),
+    "reset": lambda a, o: Reset([a.layers()], a.groups, a.optimizer, a.generators, **o),
+    # Views kept with autograd: the penalty's gradient flows through them into the parameters.
+    "l2_init": lambda a, o: L2Init(_views(a.params, detach=False), **o),
+    "parseval": lambda a, o: Parseval([_hidden_layers(a, "Parseval regularisation")], **o),
+    "weight_clipping": lambda a, o: WeightClipping([a.layers()], **o),
+    "hare_tortoise": lambda a, o: HareTortoise(a.params, a.optimizer, [a.model], **o),
+}
