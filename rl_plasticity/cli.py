@@ -35,6 +35,8 @@ def _add_sweep(sub) -> None:
                    help="override a config value in every run; repeatable")
     p.add_argument("--out", help="sweep directory (default: runs/sweep-<time>); rerunning into it continues it")
     p.add_argument("--resume", metavar="SWEEP_DIR", help="continue the sweep in SWEEP_DIR")
+    p.add_argument("--status", metavar="SWEEP_DIR", help="show each run's state and the process working on it "
+                   "(only reads; works beside a live sweep)")
     p.add_argument("--backend", choices=["local", "ray"], help="local processes (default) or Ray tasks")
     p.add_argument("--workers", type=int, help="runs at a time (default: the number of CPU cores)")
     p.add_argument("--address", help="join the Ray cluster at this address instead of starting one")

@@ -218,8 +218,8 @@ def check_options(label: str, rules: dict[str, Rule], options: dict[str, Any]) -
 def validate(cfg: dict, defaults: dict, rules: dict | None = None, where: str = "") -> dict:
     """Return `defaults` deep-merged with `cfg`, checking every key and type, then `rules`.
 
-    Type of each default decides what is accepted: a float takes ints too (converted), bool is
-    never a number, None takes anything, a list takes a list, an empty dict takes any mapping.
+    Type of each default decides what is accepted: a float takes ints too (converted), an int takes
+    integral floats (`2e7`, converted; 2.5 is refused), bool is never a number, None takes anything, a list takes a list, an empty dict takes any mapping.
     `rules` maps dotted keys to a Rule (or a list of them); None values skip their rules.
     `where` is the dotted prefix of `cfg` inside the whole config, used in messages.
     """
@@ -258,6 +258,8 @@ def _check_type(name: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():  # `total_steps: 2e7`, as people write big counts
+            return int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
         if isinstance(value, int) and not isinstance(value, bool):

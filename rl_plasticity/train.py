@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from rl_plasticity.config import read_yaml
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems import resolve_config
 from rl_plasticity.run.checkpoint import CHECKPOINT_DIR
+from rl_plasticity.run.owner import hold
 from rl_plasticity.run.progress import GracefulStop
 from rl_plasticity.run.seeding import MAX_SEEDS
 from rl_plasticity.run.rundir import (default_run_dir, new_run_dir, read_run_info, remove_temporaries,
@@ -36,6 +38,11 @@ def _exit_code(summary) -> int:
     return 128 + signum if signum is not None and not summary else 0
 
 
+def _command(args) -> str:
+    """The command line a lock file names as its run directory's owner."""
+    return shlex.join(["rl-plasticity", *(args.argv if getattr(args, "argv", None) is not None else ["train"])])
+
+
 def main(args) -> int:
     GracefulStop.last_signum = None
     if args.resume:
@@ -43,13 +50,15 @@ def main(args) -> int:
                 or args.force:
             raise UserError("--resume continues a run exactly as it was configured; give only the run directory")
         run_dir = Path(args.resume)
-        cfg, info = read_run_info(run_dir)
-        cfg, module = resolve_config(cfg, [])
-        if not isinstance(info.get("seeds"), list) or not info["seeds"]:
-            raise UserError(f"cannot resume {run_dir}: its {run_dir / 'run.json'} lists no seeds")
-        for stale in remove_temporaries(run_dir):
-            print(f"removed {stale}, left by a write that was cut off")
-        return _exit_code(module.run(cfg, list(info["seeds"]), run_dir, resume=True))
+        read_run_info(run_dir)  # a run directory at all? Owning another folder would write a lock file into it
+        with hold(run_dir, command=_command(args)):  # read again: it may have changed before it was ours
+            cfg, info = read_run_info(run_dir)
+            cfg, module = resolve_config(cfg, [])
+            if not isinstance(info.get("seeds"), list) or not info["seeds"]:
+                raise UserError(f"cannot resume {run_dir}: its {run_dir / 'run.json'} lists no seeds")
+            for stale in remove_temporaries(run_dir):
+                print(f"removed {stale}, left by a write that was cut off")
+            return _exit_code(module.run(cfg, list(info["seeds"]), run_dir, resume=True))
     if not args.config:
         raise UserError("give a config file (or --resume RUN_DIR)")
     if args.out is not None and not args.out.strip():
@@ -57,7 +66,8 @@ def main(args) -> int:
     cfg, module = resolve_config(read_yaml(args.config), args.overrides)
     seeds = _seeds(args)
     # A run that fails before its first checkpoint (bad data, divergence) leaves no directory behind.
-    with new_run_dir(args.out or default_run_dir(args.config), force=args.force, keep=has_checkpoint) as run_dir:
+    with new_run_dir(args.out or default_run_dir(args.config), force=args.force, keep=has_checkpoint,
+                     command=_command(args)) as run_dir:
         write_run_info(run_dir, cfg, seeds, command=args.argv)
         print(f"run directory: {run_dir}")
         return _exit_code(module.run(cfg, seeds, run_dir, resume=False))

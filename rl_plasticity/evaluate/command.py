@@ -15,14 +15,16 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shlex
 from pathlib import Path
 
 import numpy as np
 
 from rl_plasticity.errors import UserError
-from rl_plasticity.evaluate.saved_policy import load_policy
+from rl_plasticity.evaluate.saved_policy import load_policy, locate
 from rl_plasticity.problems.mujoco_env import OPTION, Physics, phase_physics, physics, schedule_kind
 from rl_plasticity.problems.mujoco_eval import Evaluation, run_episodes
+from rl_plasticity.run.owner import hold
 from rl_plasticity.run.rundir import atomic_write
 from rl_plasticity.run.tblog import TBLogger
 from rl_plasticity.run.video import check_frame_size, write_mp4
@@ -142,6 +144,15 @@ def main(args) -> int:
             raise UserError("--plot goes with --sweep-friction or --sweep-mass")
         if Path(args.plot).suffix.lower() != ".png":
             raise UserError(f"--plot must name a .png file, got {args.plot}")
+    sweep = args.sweep_friction is not None or args.sweep_mass is not None
+    if args.tensorboard or (sweep and args.plot is None):  # it writes into the run directory: own it meanwhile
+        command = shlex.join(["rl-plasticity", *(getattr(args, "argv", None) or ["evaluate"])])
+        with hold(locate(args.path)[1], command=command):
+            return _evaluate(args, video_size)
+    return _evaluate(args, video_size)
+
+
+def _evaluate(args, video_size: int | None) -> int:
     saved = load_policy(args.path)
     targets, sweep = _targets(args, saved)
     print(f"checkpoint {saved.checkpoint} (step {saved.step}, seed {saved.seed}); "

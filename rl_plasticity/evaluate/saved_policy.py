@@ -53,6 +53,19 @@ def locate(path: str | Path) -> tuple[Path, Path]:
     return path, run_dir
 
 
+def _newest(path: str | Path) -> tuple[Path, Path, dict]:
+    """(checkpoint, run directory, its state). A live run deletes old checkpoints as it saves new ones:
+    if the newest one goes before it is read, the one that replaced it is read instead."""
+    for _ in range(100):
+        ckpt, run_dir = locate(path)
+        try:
+            return ckpt, run_dir, load_checkpoint(ckpt)
+        except UserError:
+            if not (Path(path).is_dir() and not ckpt.exists()):
+                raise
+    raise UserError(f"{path}: its newest checkpoint keeps being replaced before it can be read")
+
+
 def load_policy(path: str | Path) -> SavedPolicy:
     """Read the policy of a run directory or checkpoint file; any mismatch is a UserError."""
     ckpt, run_dir = locate(path)
@@ -60,7 +73,7 @@ def load_policy(path: str | Path) -> SavedPolicy:
     if raw_cfg.get("problem") != "ppo":
         raise UserError(f"evaluate works on PPO runs; {run_dir} is a {raw_cfg.get('problem')!r} run")
     cfg, _ = resolve_config(raw_cfg, [])
-    sd = load_checkpoint(ckpt)
+    ckpt, run_dir, sd = _newest(path)
     try:
         saved_cfg = json.loads(sd["config"])
         seed = int(sd["seed"])

@@ -8,6 +8,7 @@ numpy scalars are not accepted there; `generator_state` and `rng_state` convert 
 from __future__ import annotations
 
 import collections
+import io
 import random
 import re
 import sys
@@ -48,22 +49,39 @@ class NonFiniteState(ValueError):
     """A state to checkpoint holds NaN or inf: the training it comes from has diverged."""
 
 
+class CheckpointWriteFailed(UserError):
+    """The disk refused a checkpoint; nothing of it was left behind and the older checkpoints are intact."""
+
+    def __init__(self, path: Path, error: OSError, kept: Path | None):
+        self.path, self.error, self.kept = path, error, kept
+        left = f"the newest checkpoint before it, {kept.name}, is intact" if kept else "there is no earlier checkpoint"
+        super().__init__(f"could not write checkpoint {path}: {error.strerror or error}; nothing of it was kept "
+                         f"and {left}")
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint onto the CPU without unpickling arbitrary objects.
 
     The archive's checksums are verified first, so a truncated or bit-flipped file is refused rather
-    than loaded with a silently changed value.
+    than loaded with a silently changed value. The file is read once, and checked and loaded from that
+    copy, so a live run that replaces or prunes it meanwhile cannot mix two files.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    damage = _archive_damage(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:  # pruned by a live run since the check above
+        raise UserError(f"checkpoint not found: {path}") from None
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    damage = _archive_damage(data)
     if damage:
         raise UserError(f"checkpoint {path} is corrupt or not a checkpoint: {damage}")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols before it refuses them
             warnings.simplefilter("ignore")
-            state = torch.load(path, weights_only=True, map_location="cpu")
+            state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as e:  # any failure to read it means the file cannot be used
         raise UserError(f"checkpoint {path} is corrupt or not a checkpoint: {_load_error_reason(e)}") from None
     if not isinstance(state, dict):
@@ -95,12 +113,12 @@ def check_state(obj: Any, where: str = "state") -> None:
                         f"would not load with weights_only=True{hint}")
 
 
-def _archive_damage(path: Path) -> str | None:
-    """Why `path` is not an intact torch checkpoint archive (torch.save writes a zip with CRC-32s), or None."""
-    if path.stat().st_size == 0:
+def _archive_damage(data: bytes) -> str | None:
+    """Why `data` is not an intact torch checkpoint archive (torch.save writes a zip with CRC-32s), or None."""
+    if not data:
         return "the file is empty"
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
         return f"not a complete torch archive, truncated or not written by torch.save ({e})"
@@ -197,6 +215,8 @@ def save_checkpoint_in(run_dir: str | Path, step: int, state: dict, keep: int = 
         where = str(e).split(": ", 1)[-1]
         raise UserError(f"training diverged before step {step:,}: {where}; no checkpoint was written for it "
                         "- try a smaller optimizer.lr") from None
+    except OSError as e:  # disk full, quota, I/O error: atomic_open left the previous checkpoints as they were
+        raise CheckpointWriteFailed(path, e, latest_checkpoint(run_dir)) from None
     # Pruned only after the new one is safely in place.
     for _, old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)

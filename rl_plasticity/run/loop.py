@@ -17,12 +17,13 @@ Callbacks (`Callback` subclasses) see the state at named points: `at_start` (aft
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rl_plasticity.errors import UserError
-from rl_plasticity.run.checkpoint import restore_latest, save_checkpoint_in
+from rl_plasticity.run.checkpoint import CHECKPOINT_DIR, CheckpointWriteFailed, restore_latest, save_checkpoint_in
 from rl_plasticity.run.progress import GracefulStop, progress_bar
 
 
@@ -53,6 +54,7 @@ def train_loop(state, run_dir: Path, resume: bool, open_logs: Callable, desc: st
     logs = open_logs(getattr(state, "tb_step", state.step) + 1 if resume else None)
     bar = progress_bar(total=state.total, desc=desc, unit=unit, initial=state.step)
     with GracefulStop() as stop:
+        failed = True
         try:
             for callback in callbacks:
                 callback.at_start(state, logs)
@@ -63,16 +65,49 @@ def train_loop(state, run_dir: Path, resume: bool, open_logs: Callable, desc: st
                 for callback in callbacks:
                     callback.after_advance(state, logs)
                 if state.should_checkpoint() or state.done() or stop.requested:
+                    if hasattr(logs, "flush"):  # what readers of a live run see reaches its newest checkpoint
+                        logs.flush()
                     save_checkpoint_in(ckpt_dir, state.step, state.state_dict())
             if state.done():
                 for callback in callbacks:
                     callback.at_end(state, logs)
+            failed = False
+        except CheckpointWriteFailed as e:
+            raise UserError(f"{e}; {_after_failed_write(run_dir)}") from None
+        except OSError as e:
+            if e.errno not in DISK_ERRORS:
+                raise
+            raise UserError(f"could not write to {run_dir}: {e.strerror or e}; {_after_failed_write(run_dir)}") from None
         finally:
             bar.close()
-            logs.close()
+            _close(logs, run_dir, quiet=failed)
     if not state.done():
         print(f"stopped at {unit} {state.step:,}; continue with --resume {run_dir}")
     return state.done()
+
+
+# What a full or failing disk raises: the run stops with a message, its checkpoints as they were.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
+def _after_failed_write(run_dir: Path) -> str:
+    saved = any(run_dir.glob(f"{CHECKPOINT_DIR}/ckpt-*.pt")) or any(run_dir.glob(f"*/{CHECKPOINT_DIR}/ckpt-*.pt"))
+    if saved:
+        return f"free some space, then continue with: rl-plasticity train --resume {run_dir}"
+    return "free some space, then start the run again"
+
+
+def _close(logs, run_dir: Path, quiet: bool) -> None:
+    """Close the logs; a disk error while closing is the run's error unless another one is on its way out."""
+    try:
+        logs.close()
+    except OSError as e:
+        if quiet:
+            return
+        if e.errno not in DISK_ERRORS:
+            raise
+        raise UserError(f"could not write the logs in {run_dir}: {e.strerror or e}; "
+                        f"{_after_failed_write(run_dir)}") from None
 
 
 def check_finite(loss_sum: float, where: str) -> None:

@@ -21,13 +21,14 @@ import yaml
 
 from rl_plasticity.config import read_yaml
 from rl_plasticity.errors import UserError
+from rl_plasticity.run.owner import LOCK_FILE, Owner, busy_message, hold, run_dir_holder
 
 CONFIG_FILE = "config.yaml"
 INFO_FILE = "run.json"
 # What runs and the commands working on them write at a run directory's top level; `--force` replaces
 # only a folder holding config.yaml, run.json or error.log and nothing else than these.
 ERROR_FILE = "error.log"
-RUN_ENTRIES = {CONFIG_FILE, INFO_FILE, ERROR_FILE, "checkpoints", "tb", "results.json", "eval"}
+RUN_ENTRIES = {CONFIG_FILE, INFO_FILE, ERROR_FILE, LOCK_FILE, "checkpoints", "tb", "results.json", "eval"}
 _RUN_ENTRY = re.compile(r"^seed_\d+$")  # per-seed checkpoint folders of runs that train seeds one by one
 _TEMPORARY = re.compile(r"^\..+\.tmp$")  # atomic_open's temporaries (and their leftovers after a kill)
 # Distributions whose versions decide the numbers a run produces.
@@ -109,10 +110,15 @@ def _fsync_dir(directory: Path) -> None:
 def foreign_entries(path: Path) -> list[str]:
     """Top-level entries of folder `path` that no run writes (all of them if it has no config.yaml, run.json
     or error.log)."""
-    names = sorted(p.name for p in path.iterdir())
+    names = _contents(path)
     if not {CONFIG_FILE, INFO_FILE, ERROR_FILE} & set(names):  # error.log: a sweep's note on a failed start
         return names
     return [n for n in names if n not in RUN_ENTRIES and not _RUN_ENTRY.match(n) and not _TEMPORARY.match(n)]
+
+
+def _contents(path: Path) -> list[str]:
+    """The folder's entries but its lock file (which a process killed as it started may leave alone)."""
+    return sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
 
 
 def check_new_run_dir(path: str | Path, *, force: bool) -> None:
@@ -125,7 +131,7 @@ def check_new_run_dir(path: str | Path, *, force: bool) -> None:
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise UserError(f"--out {path}: {blocking} is a file, not a folder")
-    if not path.exists() or not any(path.iterdir()):
+    if not path.exists() or not _contents(path):
         return
     foreign = foreign_entries(path)
     if foreign:
@@ -140,41 +146,85 @@ def check_new_run_dir(path: str | Path, *, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def new_run_dir(path: str | Path, *, force: bool, keep: Callable[[Path], bool]) -> Iterator[Path]:
-    """The directory of a new run, for the duration of the block.
+def new_run_dir(path: str | Path, *, force: bool, keep: Callable[[Path], bool],
+                command: str | None = None) -> Iterator[Path]:
+    """The directory of a new run, owned by this process (run/owner.py) for the duration of the block.
 
-    It is checked first (check_new_run_dir). With `force`, the run directory already there is moved
-    aside and deleted when the block ends. If the block fails and `keep(path)` is false (the new run
-    saved nothing worth resuming), everything it made is removed and the old directory put back, so
-    a run that fails at start-up leaves no trace.
+    It is checked first (check_new_run_dir), and again once owned, so a run that another process owns
+    is never replaced. With `force`, the old run's entries are moved aside and deleted when the block
+    ends; the folder and its lock stay in place throughout, so no other process can take it meanwhile.
+    If the block fails and `keep(path)` is false (the new run saved nothing worth resuming), everything
+    it made is removed and the old run put back, so a run that fails at start-up leaves no trace.
+    `command` is what the lock file records as the owner.
     """
     path = Path(path)
+    who = run_dir_holder(path) if path.is_dir() else None
+    if who is not None:  # said first: neither --resume nor --force would help while it is live
+        raise UserError(busy_message(path, who))
     check_new_run_dir(path, force=force)
     made = [p for p in [path, *path.parents] if not p.exists()]  # deepest first
-    aside = None
-    if path.exists() and any(path.iterdir()):
-        aside = path.with_name(f".{path.name}.replaced")
-        if aside.exists():  # a killed earlier replacement left it; it was already given up
-            shutil.rmtree(aside)
-        os.rename(path, aside)
     path.mkdir(parents=True, exist_ok=True)
+    owner: Owner | None = None
+    aside = None
+    try:
+        owner = hold(path, command=command)
+        check_new_run_dir(path, force=force)  # as it is now that no one else can change it
+        if _contents(path):
+            aside = _move_aside(path)
+    except BaseException:
+        if owner is not None:
+            owner.release()
+        _remove_empty(made)
+        raise
     try:
         yield path
     except BaseException:
         if not keep(path):
-            shutil.rmtree(path, ignore_errors=True)
+            _clear(path)
             if aside is not None:
-                os.rename(aside, path)
+                _move_entries(aside, path)
+                aside.rmdir()
                 aside = None
-            elif path not in made:
-                path.mkdir()  # the empty folder the user gave stays
-            for parent in made[1:]:
-                with contextlib.suppress(OSError):
-                    parent.rmdir()
+            owner.release()
+            _remove_empty(made)
         raise
     finally:
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
+        owner.release()
+
+
+def _move_aside(path: Path) -> Path:
+    """Move the entries of the run at `path` (but its lock) into a fresh sibling `.<name>.replaced`."""
+    aside = path.with_name(f".{path.name}.replaced")
+    if aside.exists():  # a killed earlier replacement left it; it was already given up
+        shutil.rmtree(aside)
+    aside.mkdir()
+    _move_entries(path, aside)
+    return aside
+
+
+def _move_entries(source: Path, target: Path) -> None:
+    for name in _contents(source):
+        os.rename(source / name, target / name)
+
+
+def _clear(path: Path) -> None:
+    """Delete everything in `path` but its lock file."""
+    for name in _contents(path):
+        entry = path / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this process made (deepest first) that are still empty: one another process has
+    started to use in the meantime stays."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def default_run_dir(config_path: str | Path, root: str | Path = "runs", now: dt.datetime | None = None) -> Path:

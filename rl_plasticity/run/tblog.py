@@ -184,6 +184,10 @@ class SeedLogs:
         for tag, v in values.items():
             log.scalar(tag, v, step)
 
+    def flush(self) -> None:
+        for log in [*self.seed_logs, *([self.mean_log] if self.mean_log else [])]:
+            log.flush()
+
     def close(self) -> None:
         for log in [*self.seed_logs, *([self.mean_log] if self.mean_log else [])]:
             log.close()

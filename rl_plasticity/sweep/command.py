@@ -7,32 +7,35 @@
     SWEEP_DIR/.sweep/               locks and each run's full output log
 
 Running the same command again, or `sweep --resume SWEEP_DIR`, skips finished runs, resumes
-interrupted ones from their checkpoints and starts the missing ones.
+interrupted ones from their checkpoints and starts the missing ones. One sweep process owns a sweep
+directory at a time (`.sweep/sweep.lock`, run/owner.py); `sweep --status SWEEP_DIR` only reads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import importlib.util
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from rl_plasticity.config import read_yaml
 from rl_plasticity.errors import UserError
 from rl_plasticity.problems import resolve_config
+from rl_plasticity.run.owner import Owner, hold, holder
 from rl_plasticity.run.progress import GracefulStop
 from rl_plasticity.run.rundir import atomic_write, package_versions
 from rl_plasticity.run.seeding import MAX_SEEDS
 from rl_plasticity.sweep.backends import BACKENDS
 from rl_plasticity.sweep.runs import STATE_DIR, RunSpec
-from rl_plasticity.sweep.status import StatusBoard
+from rl_plasticity.sweep.status import StatusBoard, status_report
 from rl_plasticity.sweep.tblayout import write_layout
 
 MANIFEST = "sweep.json"
+SWEEP_LOCK = "sweep.lock"  # in STATE_DIR
 CONFIG_COPIES = "configs"
 _SEEDS_ITEM = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -134,16 +137,22 @@ def plan_runs(sweep_dir: Path, manifest: dict) -> list[RunSpec]:
 # --------------------------------------------------------------------------- the command
 
 
-def _hold_sweep_lock(sweep_dir: Path):
-    path = sweep_dir / STATE_DIR / "sweep.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+b")  # noqa: SIM115 - held until the process exits
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise UserError(f"another sweep is working in {sweep_dir}; wait for it or stop it first") from None
-    return f
+def _hold_sweep_lock(sweep_dir: Path, argv: list[str] | None) -> Owner:
+    (sweep_dir / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["rl-plasticity", *(argv if argv is not None else ["sweep"])])
+    return hold(sweep_dir, "sweep directory", sweep_dir / STATE_DIR / SWEEP_LOCK, command,
+                stop_hint="its runs save a checkpoint and stop")
+
+
+def _status(args) -> int:
+    """`sweep --status SWEEP_DIR`: each run's state and owner, read without taking any lock."""
+    if args.resume or args.configs or args.seeds or args.overrides or args.out or args.backend \
+            or args.workers is not None or args.address or args.retries is not None:
+        raise UserError("--status only reads a sweep; give only the sweep directory")
+    sweep_dir = Path(args.status)
+    manifest = read_manifest(sweep_dir)
+    print(status_report(sweep_dir, plan_runs(sweep_dir, manifest), holder(sweep_dir / STATE_DIR / SWEEP_LOCK)))
+    return 0
 
 
 def _load_or_create(args) -> tuple[Path, dict]:
@@ -190,11 +199,17 @@ def _run_with(args, manifest: dict) -> dict:
 
 
 def main(args) -> int:
+    if getattr(args, "status", None):
+        return _status(args)
     sweep_dir, manifest = _load_or_create(args)
     run_with = _run_with(args, manifest)  # every argument checked before anything is written
-    backend_name, workers, address, retries = (run_with[k] for k in ("backend", "workers", "address", "retries"))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    lock = _hold_sweep_lock(sweep_dir)  # noqa: F841 - released when the process ends
+    with _hold_sweep_lock(sweep_dir, getattr(args, "argv", None)):
+        return _sweep(sweep_dir, manifest, run_with)
+
+
+def _sweep(sweep_dir: Path, manifest: dict, run_with: dict) -> int:
+    backend_name, workers, address, retries = (run_with[k] for k in ("backend", "workers", "address", "retries"))
     manifest["run_with"] = run_with
     manifest.setdefault("created", dt.datetime.now().astimezone().isoformat(timespec="seconds"))
     manifest["versions"] = package_versions()

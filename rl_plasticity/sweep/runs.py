@@ -5,7 +5,9 @@ machine and on a Ray cluster.
 
 Each run has a lock file (`SWEEP_DIR/.sweep/locks/...`) that the `train` child inherits and holds
 until it exits. A restarted sweep therefore never starts a second process on a run that an earlier,
-killed sweep left running; it waits until that process has checkpointed and gone.
+killed sweep left running; it waits until that process has checkpointed and gone. It waits the same
+way for a run directory that some other process owns (a `train --resume` typed by hand, run/owner.py),
+and the `train` child takes its run directory's own lock before it writes anything.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections import deque
 from pathlib import Path
 
 from rl_plasticity.run.checkpoint import latest_checkpoint
+from rl_plasticity.run.owner import owned_if_free, run_dir_holder
 from rl_plasticity.run.rundir import CONFIG_FILE, ERROR_FILE, atomic_write
 
 RESULTS_FILE = "results.json"
@@ -102,7 +105,16 @@ def _child_env() -> dict[str, str]:
 
 
 def try_lock(spec: RunSpec):
-    """An open file holding the run's exclusive lock, or None if another process holds it."""
+    """An open file holding the run's exclusive lock, or None if another process holds it or owns the
+    run directory."""
+    f = _lock_run(spec)
+    if f is not None and run_dir_holder(spec.run_dir) is not None:
+        f.close()
+        return None
+    return f
+
+
+def _lock_run(spec: RunSpec):
     spec.lock_path.parent.mkdir(parents=True, exist_ok=True)
     f = open(spec.lock_path, "a+b")  # noqa: SIM115 - handed to the child, closed by the caller
     try:
@@ -115,7 +127,7 @@ def try_lock(spec: RunSpec):
 
 def is_locked(spec: RunSpec) -> bool:
     """True while some process (a running child) holds the run's lock."""
-    f = try_lock(spec)
+    f = _lock_run(spec)
     if f is None:
         return True
     f.close()
@@ -150,13 +162,17 @@ class RunProcess:
         seconds = time.monotonic() - self.started
         run_dir = self.spec.run_dir
         if (run_dir / RESULTS_FILE).is_file():
-            (run_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's error no longer applies
+            with owned_if_free(run_dir) as owned:  # a run another process owns now is left alone
+                if owned:
+                    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # an earlier attempt's error no longer applies
             return Outcome(self.spec, "done", seconds, rc)
         if rc in STOPPED_EXITS or self.terminated:
             return Outcome(self.spec, "stopped", seconds, rc)
         tail = _tail(self.spec.log_path, ERROR_TAIL_LINES)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / ERROR_FILE, f"$ rl-plasticity {' '.join(self.argv)}\n# exit code {rc}\n{tail}\n")
+        with owned_if_free(run_dir) as owned:  # the full output stays in the sweep's log either way
+            if owned:
+                atomic_write(run_dir / ERROR_FILE, f"$ rl-plasticity {' '.join(self.argv)}\n# exit code {rc}\n{tail}\n")
         return Outcome(self.spec, "failed", seconds, rc, error=_last_line(tail))
 
 

@@ -1,4 +1,5 @@
-"""What a sweep shows while it works: one line per finished run, a status line refreshed in place, a summary."""
+"""What a sweep shows while it works (one line per finished run, a status line refreshed in place, a summary),
+and `sweep --status`: each run's state and owner, read from the sweep directory alone."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import sys
 import time
 from collections import Counter
 
+from rl_plasticity.run.checkpoint import CHECKPOINT_DIR, list_checkpoints
+from rl_plasticity.run.owner import Holder, run_dir_holder
 from rl_plasticity.run.progress import progress_enabled
-from rl_plasticity.sweep.runs import Outcome, RunSpec
+from rl_plasticity.run.rundir import ERROR_FILE
+from rl_plasticity.sweep.runs import Outcome, RunSpec, run_state
 
 
 class StatusBoard:
@@ -36,7 +40,9 @@ class StatusBoard:
         self.draw(force=True)
 
     def run_waiting(self, spec: RunSpec) -> None:
-        self.event(f"waiting  {spec.name}: still held by a process of an earlier sweep")
+        who = run_dir_holder(spec.run_dir)
+        self.event(f"waiting  {spec.name}: " + (f"in use by {who.describe()}" if who is not None
+                                                else "still held by a process of an earlier sweep"))
 
     def run_ended(self, outcome: Outcome, retrying: bool = False) -> None:
         name = outcome.spec.name
@@ -116,6 +122,39 @@ class StatusBoard:
             lines.append("failed runs (last line of output; full tail in error.log):")
             lines += [f"  {o.spec.name}: {o.error or f'exit code {o.returncode}'}" for o in failed]
         return "\n".join(lines)
+
+
+def status_report(sweep_dir, specs: list[RunSpec], sweep_owner: Holder | None) -> str:
+    """One line per run: done / running (and by whom) / failed / stopped / not started, and its newest
+    checkpoint. Takes no lock, so it works beside a live sweep."""
+    rows, states = [], Counter()
+    for spec in specs:
+        who = run_dir_holder(spec.run_dir)
+        state = run_state(spec.run_dir)
+        if state != "done" and who is not None:
+            state = "running"
+        elif state != "done" and (spec.run_dir / ERROR_FILE).is_file():
+            state = "failed"
+        else:
+            state = {"done": "done", "partial": "stopped", "fresh": "not started"}[state]
+        states[state] += 1
+        step = _newest_step(spec.run_dir)
+        rows.append((spec.name, state, "-" if step is None else f"{step:,}", who.describe() if who else "-"))
+    header = ("run", "state", "checkpoint", "owner")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    lines = [f"sweep directory: {sweep_dir}",
+             f"sweep process: {sweep_owner.describe() if sweep_owner else 'none'}",
+             ", ".join(f"{states[k]} {k}" for k in ("done", "running", "failed", "stopped", "not started") if states[k])
+             + f" of {len(specs)} runs"]
+    lines += ["  ".join([*(v.ljust(w) for v, w in zip(r[:3], widths)), r[3]]).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _newest_step(run_dir) -> int | None:
+    """The step of the newest checkpoint (runs of one seed after another keep theirs under seed_<k>/)."""
+    folders = [run_dir, *(p.parent for p in run_dir.glob(f"*/{CHECKPOINT_DIR}"))]
+    steps = [step for folder in folders for step, _ in list_checkpoints(folder)]
+    return max(steps) if steps else None
 
 
 def _duration(seconds: float) -> str:

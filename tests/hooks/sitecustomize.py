@@ -7,7 +7,8 @@ how fast the machine is:
   checkpoint of step N, leaving the partial temporary file a real kill would leave.
 - RLP_TEST_PAUSE_AFTER_CHECKPOINT=RUN_DIR and RLP_TEST_PAUSE_MARKER=FILE: once RUN_DIR has saved its
   first checkpoint, the run creates FILE and waits until it has been asked to stop (SIGINT/SIGTERM);
-  it then stops as it always does (it saves a checkpoint and exits).
+  it then stops as it always does (it saves a checkpoint and exits). Only the first process to get
+  there pauses: once FILE exists, later processes (a resumed run, a retry) run straight through.
 """
 
 import os
@@ -46,9 +47,10 @@ if _KILL_AT or _PAUSE_IN:
                 f.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
         _save(path, state)
-        if _PAUSE_IN and path.parent.parent == Path(_PAUSE_IN) and not _paused:
+        marker = Path(os.environ.get("RLP_TEST_PAUSE_MARKER", ""))
+        if _PAUSE_IN and path.parent.parent == Path(_PAUSE_IN) and not _paused and not marker.exists():
             _paused.append(True)
-            Path(os.environ["RLP_TEST_PAUSE_MARKER"]).touch()
+            marker.touch()
             while not _received:
                 time.sleep(0.05)
 
