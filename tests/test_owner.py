@@ -25,13 +25,16 @@ from rl_plasticity.sweep.runs import RunSpec, try_lock
 from rl_plasticity.sweep.status import StatusBoard
 
 HOOKS = Path(__file__).resolve().parent / "hooks"
+ROOT = HOOKS.parents[1]
 BP = str(CONFIGS / "bp.yaml")
 LONG = [*TINY, "examples=3000"]  # goes on after its first checkpoint at 500, where the hook pauses it
 HANG = 1800  # seconds; only stops a test that hangs (every wait is for an event, never for a time)
 
 
 def hooked_env(run_dir: Path, marker: Path) -> dict:
-    return {**os.environ, "RL_PLASTICITY_NO_PROGRESS": "1", "PYTHONPATH": str(HOOKS),
+    # The checkout's own package first: the hooks import it at start-up, before `-m` puts the current
+    # directory on the path, and an installed copy elsewhere would otherwise be the one that runs.
+    return {**os.environ, "RL_PLASTICITY_NO_PROGRESS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(HOOKS)]),
             "RLP_TEST_PAUSE_AFTER_CHECKPOINT": str(run_dir), "RLP_TEST_PAUSE_MARKER": str(marker)}
 
 
@@ -92,19 +95,27 @@ def test_a_lock_file_left_by_a_killed_owner_is_free(tmp_path):
     assert not lock.exists()
 
 
-def test_a_lock_opened_as_its_owner_removes_it_is_not_taken(tmp_path):
-    """Opened before its owner let go, locked after: that file is gone, so the lock must be taken anew."""
+def test_a_lock_opened_as_its_owner_removes_it_is_not_taken(tmp_path, monkeypatch):
+    """Opened before its owner let go, locked after: that file is gone, so the lock is taken on a new one."""
+    import rl_plasticity.run.owner as owner_module
+
     lock = tmp_path / LOCK_FILE
     first = hold(tmp_path)
-    late = os.open(lock, os.O_RDWR)  # a second process between its open() and its flock()
+    late = os.open(lock, os.O_RDWR)  # what a second process's open() got just before the owner let go
     first.release()
-    try:
-        second = try_hold(lock)
-        assert isinstance(second, Owner) and lock.exists()  # on a new file, which a third one sees taken
-        assert holder(lock).pid == os.getpid()
-        second.release()
-    finally:
-        os.close(late)
+    real_open, opened = os.open, []
+
+    def open_late_first(*args, **kwargs):
+        opened.append(args[0])
+        return late if len(opened) == 1 else real_open(*args, **kwargs)
+
+    monkeypatch.setattr(owner_module.os, "open", open_late_first)
+    second = try_hold(lock)
+    monkeypatch.undo()
+    assert isinstance(second, Owner) and len(opened) == 2  # the orphaned file was let go, the path's taken
+    assert lock.exists() and holder(lock).pid == os.getpid()
+    second.release()
+    assert not lock.exists()
 
 
 def test_a_new_run_never_takes_a_directory_someone_owns(tmp_path):
@@ -256,3 +267,24 @@ def test_readers_see_only_complete_event_records(tmp_path):
     data = event.read_bytes()
     event.write_bytes(data + data[:12])  # a live writer's next record, its header on disk but not its body
     assert read_scalars(tmp_path)["charts/x"] == [(0, 0.0), (1, 1.0), (2, 2.0)]
+
+
+def test_a_reader_whose_checkpoint_a_live_run_prunes_reads_the_newer_one(tmp_path, monkeypatch):
+    import rl_plasticity.evaluate.saved_policy as saved_policy
+    from rl_plasticity.run.checkpoint import checkpoint_path, save_checkpoint
+
+    write_run_info(tmp_path, {"problem": "ppo"}, [0])
+    for step in (1, 2):
+        save_checkpoint(checkpoint_path(tmp_path, step), {"step": step})
+    load, calls = saved_policy.load_checkpoint, []
+
+    def live_run_saves_and_prunes_first(path):
+        if not calls:  # between the reader's choice and its read, the run saves step 3 and prunes step 2
+            save_checkpoint(checkpoint_path(tmp_path, 3), {"step": 3})
+            Path(path).unlink()
+        calls.append(Path(path).name)
+        return load(path)
+
+    monkeypatch.setattr(saved_policy, "load_checkpoint", live_run_saves_and_prunes_first)
+    ckpt, run_dir, state = saved_policy._newest(tmp_path)
+    assert calls == ["ckpt-2.pt", "ckpt-3.pt"] and ckpt.name == "ckpt-3.pt" and state == {"step": 3}
