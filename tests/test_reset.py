@@ -708,6 +708,7 @@ def test_a_saved_policy_of_an_injected_actor_acts_through_its_frozen_heads(tmp_p
     assert all(torch.equal(t, u) for h, (_, _, tensors) in zip(heads, actor.frozen_heads)
                for t, u in zip(h["tensors"], tensors))
     obs = torch.randn(actor.layers[0].in_features, generator=torch.Generator().manual_seed(0))
+    obs[actor.layers[0].zero_inputs_from:] = 0  # the official observation's padding, zero in every real one
     with torch.no_grad():
         with_heads = actor(obs.unsqueeze(0))[0].numpy()
         kept = actor.frozen_heads
