@@ -411,12 +411,20 @@ def test_tensorboard_scalars_round_trip(tmp_path):
                        "losses/policy": [(s, 0.5) for s in range(5)]}
 
 
-def test_read_scalars_by_run_and_after_resume(tmp_path):
+def test_read_scalars_by_run_and_after_resume(tmp_path, monkeypatch):
+    # TensorBoard reads a folder's event files in name order, `events.out.tfevents.<seconds>.<host>.<pid>.<n>`.
+    # A resumed run is a later process, so its file's seconds sort after the first one's; within this one
+    # test process the counter n would decide instead, and it sorts as text (10 before 9). The resumed
+    # logger below therefore writes one second later, as a real resume does.
+    import time as time_module
+
     for seed in (0, 1):
         with TBLogger(tmp_path / f"seed{seed}") as log:
             for step in range(6):
                 log.scalar("charts/return", float(seed * 10 + step), step)
     # A resumed run rewrites steps from its checkpoint (step 3) onwards.
+    later = time_module.time() + 1
+    monkeypatch.setattr(time_module, "time", lambda: later)
     with TBLogger(tmp_path / "seed0", purge_step=3) as log:
         for step in range(3, 5):
             log.scalar("charts/return", 100.0 + step, step)
