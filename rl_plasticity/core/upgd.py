@@ -71,13 +71,23 @@ class UPGD(Optimizer):
     def step(self, grads):
         if not self.params:
             return
+        self.perturbed_step(grads, self.update_utilities(grads))
+
+    @torch.no_grad()
+    def update_utilities(self, grads) -> torch.Tensor:
+        """Advance every weight's utility trace; return eta per replica [R], the largest trace of its weights
+        (split from `step` so that several of these can share one eta: rl_plasticity.UPGD's param groups)."""
         b = self.beta_utility
         traces, powers = self.state["utility"], self.state["utility_power"]
         torch._foreach_mul_(traces, b)
         torch._foreach_add_(traces, torch._foreach_mul(grads, self.params), alpha=-(1 - b))  # u = -g * w
         torch._foreach_mul_(powers, b)
-        # eta per replica: the largest trace among all of that replica's weights.
-        eta = torch.stack([u.flatten(1).amax(1) for u in traces]).amax(0)
+        return torch.stack([u.flatten(1).amax(1) for u in traces]).amax(0)
+
+    @torch.no_grad()
+    def perturbed_step(self, grads, eta: torch.Tensor) -> None:
+        """The weights' update, given eta per replica (`update_utilities`)."""
+        traces, powers = self.state["utility"], self.state["utility_power"]
         eta = eta.clamp_min(torch.finfo(eta.dtype).tiny)
         noise = self._noise() if self.sigma else None
         if self.weight_decay:

@@ -53,10 +53,14 @@ class _CoreBacked(torch.optim.Optimizer):
                     if name not in state:
                         state[name] = torch.full_like(p, value, memory_format=torch.preserve_format)
             core_opt = self._new_core(group, params)
-            core_opt.state = {name: [self.state[p][name] for p in params] for name in fresh}
+            self._bind(core_opt, params, fresh)
             self._cores[key] = core_opt
         self._sync(core_opt, group)
         return core_opt
+
+    def _bind(self, core_opt, params: list[torch.Tensor], fresh: dict) -> None:
+        """Make the core optimizer's state lists the tensors of `self.state`."""
+        core_opt.state = {name: [self.state[p][name] for p in params] for name in fresh}
 
     @torch.no_grad()
     def step(self, closure=None):
