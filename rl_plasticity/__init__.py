@@ -13,6 +13,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Adam": "rl_plasticity.integrations.optim",
     "SGD": "rl_plasticity.integrations.optim",
+    "UPGD": "rl_plasticity.integrations.step_size",
+    "IDBD": "rl_plasticity.integrations.step_size",
+    "Autostep": "rl_plasticity.integrations.step_size",
+    "MetaAdam": "rl_plasticity.integrations.step_size",
     "Plasticity": "rl_plasticity.integrations.torch_api",
     "attach_cbp": "rl_plasticity.integrations.torch_api",
     "attach_redo": "rl_plasticity.integrations.torch_api",
