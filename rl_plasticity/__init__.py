@@ -26,6 +26,8 @@ _EXPORTS = {
     "find_unit_specs": "rl_plasticity.integrations.finder",
     "CBPPolicy": "rl_plasticity.integrations.sb3",
     "CBPSACPolicy": "rl_plasticity.integrations.sb3",
+    "Measure": "rl_plasticity.integrations.measure",
+    "measure": "rl_plasticity.integrations.measure",
 }
 
 __all__ = ["__version__", *_EXPORTS]
