@@ -10,32 +10,17 @@ import torch
 import torch.nn.functional as F
 from readme_examples import python_block
 from torch import nn
+from torch_api_helpers import METHOD_SEED, method_cfg, plain_optimizer
 
 from rl_plasticity import (SGD, Adam, Plasticity, UnitsNotFound, UnitSpec, attach_cbp, attach_redo,
                            attach_shrink_perturb, find_unit_specs)
-from rl_plasticity.core.builders import METHOD_DEFAULTS, build_learner
+from rl_plasticity.core.builders import build_learner
 from rl_plasticity.core.convnet import ConvNet
 from rl_plasticity.core.methods import ContinualBackprop, ReDo, ShrinkPerturb
 from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.units import ParamUnits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-METHOD_SEED = 7
-
-
-def _cfg(optimizer: dict, methods: dict) -> dict:
-    cfg = copy.deepcopy(METHOD_DEFAULTS)
-    cfg["optimizer"].update(optimizer)
-    for name, options in methods.items():
-        cfg[name].update(enabled=True, **options)
-    return cfg
-
-
-def _optimizer(params, o: dict):
-    if o["name"] == "adam":
-        return Adam(params, lr=o["lr"], betas=o.get("betas", (0.9, 0.999)), weight_decay=o.get("weight_decay", 0.0))
-    return SGD(params, lr=o["lr"], momentum=o.get("momentum", 0.0), weight_decay=o.get("weight_decay", 0.0))
 
 
 def _copy_weights(plain_layers, core_layers) -> None:
@@ -47,7 +32,7 @@ def _copy_weights(plain_layers, core_layers) -> None:
 
 def _train_both(core_net, plain, plain_layers, cfg, methods, x_shape, y_dim, steps, init):
     learner = build_learner(core_net.parameters(), core_net.groups, cfg, [torch.Generator().manual_seed(METHOD_SEED)])
-    opt = _optimizer(plain.parameters(), cfg["optimizer"])
+    opt = plain_optimizer(plain.parameters(), cfg["optimizer"])
     plasticity = Plasticity(plain, opt, init=init, seed=METHOD_SEED, **methods)
     data = torch.Generator().manual_seed(3)
     for _ in range(steps):
@@ -94,7 +79,7 @@ def test_core_mlp_and_plain_sequential_train_bit_identically(optimizer, methods)
     plain = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     layers = [plain[0], plain[2], plain[4]]
     _copy_weights(layers, core.layers)
-    cfg = _cfg(optimizer, methods)
+    cfg = method_cfg(optimizer, methods)
     learner, opt, plasticity = _train_both(core, plain, layers, cfg, methods, (16, 6), 2, steps=150, init="lecun")
     if "cbp" in methods:
         assert plasticity.stats()["cbp/0/replacements"] > 10  # the run exercised replacement
@@ -117,7 +102,7 @@ def test_core_convnet_and_plain_sequential_train_bit_identically():
     layers = [m for m in plain if isinstance(m, (nn.Conv2d, nn.Linear))]
     _copy_weights(layers, core.layers)
     methods = {"cbp": {"replacement_rate": 0.1, "maturity_threshold": 3, "utility": "contribution"}}
-    cfg = _cfg({"name": "sgd", "lr": 1e-2, "momentum": 0.9}, methods)
+    cfg = method_cfg({"name": "sgd", "lr": 1e-2, "momentum": 0.9}, methods)
     learner, opt, plasticity = _train_both(core, plain, layers, cfg, methods, (4, 1, 24, 24), 2, steps=40,
                                            init="kaiming")
     assert [g.name for g in plasticity.groups] == ["0", "3", "6", "10", "12"]

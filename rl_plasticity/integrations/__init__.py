@@ -1,9 +1,10 @@
 """The learner core's plasticity methods for ordinary PyTorch code and Stable-Baselines3 agents.
 
 - optim.py: Adam and SGD as torch optimizers with the core's exact per-unit state reset;
+- step_size.py: UPGD, IDBD, Autostep and MetaAdam as torch optimizers, the same way;
 - groups.py: plain Linear/Conv layers seen as the core's unit groups (replica axis of 1);
 - finder.py: find a model's unit groups, or read the user's declaration;
-- methods.py: every method of the core's registry built on a plain model;
+- methods.py: every method of the core's registry built on a plain model (swr.py: SWR's view of it);
 - torch_api.py: `Plasticity` (any of them by section name) / `attach_cbp` / `attach_redo` / `attach_shrink_perturb`;
 - sb3.py: Stable-Baselines3 policies with the methods in actor and critic (imports SB3).
 """

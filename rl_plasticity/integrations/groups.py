@@ -34,6 +34,15 @@ INIT_GAINS = {
 }
 
 
+def init_bound(layer: nn.Module, init) -> float:
+    """The half-width g * sqrt(3 / fan_in) of the uniform init of `layer`'s weights, `init` a name or a gain."""
+    if isinstance(init, str) and init not in INIT_GAINS:
+        raise ValueError(f"unknown init {init!r}; expected one of {sorted(INIT_GAINS)}, a gain, or a callable")
+    gain = INIT_GAINS[init] if isinstance(init, str) else float(init)
+    # The same expression as the core's uniform_bound, so the bounds are bit-identical.
+    return gain * math.sqrt(3.0 / layer.weight[0].numel())
+
+
 def _with_replica(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(0)
 
@@ -50,15 +59,10 @@ class LayerUnits:
         if getattr(layer, "groups", 1) != 1:
             raise ValueError("grouped convolutions are not supported as unit groups")
         self.layer = layer
-        fan_in = layer.weight[0].numel()
         if callable(init):
             self.sampler, self.bound = init, None
         else:
-            if isinstance(init, str) and init not in INIT_GAINS:
-                raise ValueError(f"unknown init {init!r}; expected one of {sorted(INIT_GAINS)}, a gain, or a callable")
-            gain = INIT_GAINS[init] if isinstance(init, str) else float(init)
-            # The same expression as the core's uniform_bound, so the bounds are bit-identical.
-            self.sampler, self.bound = None, gain * math.sqrt(3.0 / fan_in)
+            self.sampler, self.bound = None, init_bound(layer, init)
 
     @property
     def weight(self) -> torch.Tensor:

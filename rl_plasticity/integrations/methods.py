@@ -8,7 +8,8 @@ the user's model:
 - the parameters, viewed with a replica axis of 1 where a method reads per-replica shapes (SNP's noise,
   L2 Init's penalty) and plain where it resets them whole (hare & tortoise);
 - the model seen as a core network (`ModelLayers`) for the methods on layers (reset, Parseval, weight
-  clipping): its weight layers in module order, the last being the output layer.
+  clipping): its weight layers in module order, the last being the output layer;
+- for SWR, every parameter of the model's layers with its init distribution (swr.py).
 
 `check` refuses, at attach time, what a method cannot act on; the methods themselves are built later,
 on the model's first pass (where its weights then are).
@@ -23,10 +24,12 @@ import torch
 from torch import nn
 
 from rl_plasticity.core.methods import (ContinualBackprop, HareTortoise, L2Init, Parseval, ReDo, Reset,
-                                        ShrinkPerturb, WeightClipping)
+                                        SelectiveWeightReinit, ShrinkPerturb, WeightClipping)
 from rl_plasticity.integrations.groups import NORM_LAYERS, WEIGHT_LAYERS, LayerUnits
+from rl_plasticity.integrations.swr import PlainSWR, swr_targets
 
-# The methods that re-initialise weights, so reset the optimizer state of what they re-initialise.
+# The methods that re-initialise weights, so reset the optimizer state of what they re-initialise (and those
+# with a `reset_optimizer_state` option, when it is on).
 NEEDS_OPTIMIZER = {"cbp", "redo", "reset"}
 # The methods that act on hidden-unit groups.
 NEEDS_UNITS = {"cbp", "redo"}
@@ -118,8 +121,13 @@ def check(name: str, options: dict, a: Attachment) -> None:
             raise ValueError("weight clipping clips each layer to kappa times its init bound, which a callable "
                              "init does not tell: pass init as a name ('torch', 'lecun', 'kaiming') or a gain")
     if name == "swr":
-        raise ValueError("swr is not available on a plain model yet (it re-initialises single weights, which "
-                         "needs per-element optimizer resets); it runs in the core's problems (swr.enabled=true)")
+        resample = options.get("reinit", SelectiveWeightReinit.defaults["reinit"]) == "resample"
+        if resample and callable(a.init):
+            raise ValueError("swr reinit='resample' redraws weights from U(+-bound) of the layer's init, which a "
+                             "callable init does not tell: pass init as a name ('torch', 'lecun', 'kaiming') or a "
+                             "gain, or use reinit='mean'")
+        if not swr_targets(a.model, "torch" if callable(a.init) else a.init):
+            raise ValueError(f"swr found no Linear/Conv/norm layer with parameters in {type(a.model).__name__}")
 
 
 def _views(params: list[nn.Parameter], detach: bool) -> list[torch.Tensor]:
@@ -136,6 +144,7 @@ BUILDERS: dict[str, Callable[[Attachment, dict], Any]] = {
     # Views kept with autograd: the penalty's gradient flows through them into the parameters.
     "l2_init": lambda a, o: L2Init(_views(a.params, detach=False), **o),
     "parseval": lambda a, o: Parseval([_hidden_layers(a, "Parseval regularisation")], **o),
+    "swr": lambda a, o: PlainSWR(a.model, a.optimizer, a.generators, a.init, **o),
     "weight_clipping": lambda a, o: WeightClipping([a.layers()], **o),
     "hare_tortoise": lambda a, o: HareTortoise(a.params, a.optimizer, [a.model], **o),
 }

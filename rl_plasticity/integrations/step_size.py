@@ -15,7 +15,9 @@ are learned). A unit that a plasticity method re-initialises gets the state of a
 (`reset_units`: step size `lr`, traces 0; MetaAdam's moments 0 and bias-correction powers 1).
 
 UPGD's eta, the largest utility trace, is taken over every parameter the optimizer steps, across its param
-groups, as the reference code does; its noise comes from `generator` (torch's global generator if None).
+groups, as the reference code does; its noise comes from `generator` (torch's global generator if None; it
+may be set as the attribute `generator` until the first step), one draw per param group (with one group, the
+core's one draw).
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@
     ...  loss.backward(); opt.step(); cbp.step()
 
 The methods are the learner core's own code (rl_plasticity/core/methods), every one of its registry
-`METHODS` but SWR: continual backprop (Dohare et al., Nature 2024: utility, bias correction by
+`METHODS`: continual backprop (Dohare et al., Nature 2024: utility, bias correction by
 1 - d^age, maturity, fractional replacement accumulator, lowest-utility replacement with fresh incoming
 and zero outgoing weights), ReDo (Sokar et al., 2023), shrink-and-perturb (Ash & Adams, 2020), the
 reset family (head, last layers, whole network), L2 Init (Kumar et al., 2023), Parseval regularisation
-(Chung et al., NeurIPS 2024), weight clipping (Elsayed et al., RLJ 2024) and Hare & Tortoise (Lee et
-al., ICML 2024). The core's Learner drives them (its hook order; every method hears what another
+(Chung et al., NeurIPS 2024), selective weight reinitialisation (Hernandez-Garcia et al., 2025), weight
+clipping (Elsayed et al., RLJ 2024) and Hare & Tortoise (Lee et al., ICML 2024). The core's Learner drives them (its hook order; every method hears what another
 re-initialised). They act on the model's layers through views with a replica axis of 1
 (rl_plasticity/integrations/groups.py, methods.py), and they reset a re-initialised unit's optimizer
 state: exactly with `rl_plasticity.Adam`/`SGD`, as far as possible (with one warning) with torch's
@@ -64,7 +64,7 @@ def check_options(name: str, options: dict) -> None:
 class Plasticity(nn.Module):
     """Plasticity methods attached to `model`: any of the core's registry, by config-section name.
 
-    Each method keyword (cbp, redo, snp, reset, l2_init, parseval, weight_clipping, hare_tortoise) is
+    Each method keyword (cbp, redo, snp, reset, l2_init, parseval, swr, weight_clipping, hare_tortoise) is
     None/False (off), True (the core's defaults) or a dict of the options of the method's config section
     (e.g. cbp={"replacement_rate": 1e-4, "maturity_threshold": 10_000, "utility": "contribution"}).
     Several compose, applied in the registry's order, and each is told what the others re-initialise.
@@ -100,8 +100,8 @@ class Plasticity(nn.Module):
         for name, options in self.options.items():
             check_options(name, options)
         for name, options in self.options.items():
-            ht_reset = name == "hare_tortoise" and options.get("reset_optimizer_state", False)
-            if optimizer is None and (name in NEEDS_OPTIMIZER or ht_reset):
+            resets_state = {**METHODS[name].defaults, **options}.get("reset_optimizer_state", False)
+            if optimizer is None and (name in NEEDS_OPTIMIZER or resets_state):
                 raise ValueError(f"{name} resets the optimizer state of the weights it re-initialises: pass the "
                                  "optimizer")
         # Plain lists, so that nn.Module does not register the user's model or layers as submodules.

@@ -100,14 +100,22 @@ class SelectiveWeightReinit(PlasticityMethod):
         self.optimizer, self.generators = optimizer, generators
         self.rate, self.every, self.utility_type, self.selection = rate, every, utility, selection
         self.reinit, self.utility_decay, self.reset_optimizer_state = reinit, utility_decay, reset_optimizer_state
-        self.targets = reinit_targets(nets)
+        self.targets = self.find_targets(nets)
         self.params = [p for p, _, _ in self.targets]
         self.trace = [torch.zeros_like(p.detach()) for p in self.params] if utility_decay else None
         self.grads: list[torch.Tensor | None] = [None] * len(self.params)
-        if utility == "gradient":  # the learner's gradients reach only the optimizer: catch them on the way
-            self.hooks = [p.register_hook(self._grad_catcher(i)) for i, p in enumerate(self.params)]
+        if utility == "gradient":
+            self.hooks = self.gradient_hooks()
         self.steps = 0
         self.reinitialised = torch.zeros(len(generators), dtype=torch.long)
+
+    def find_targets(self, nets: list[nn.Module]) -> list[tuple[torch.Tensor, float, float]]:
+        """(parameter [R, ...], init mean, init half-width) of every tensor SWR acts on."""
+        return reinit_targets(nets)
+
+    def gradient_hooks(self) -> list:
+        """The learner's gradients reach only the optimizer: catch them on the way, into `self.grads`."""
+        return [p.register_hook(self._grad_catcher(i)) for i, p in enumerate(self.params)]
 
     @classmethod
     def from_config(cls, section, target):
