@@ -55,6 +55,9 @@ def _train_both(methods, optimizer, steps=60, epoch_every=0, switch_every=0):
             plasticity.task_switch()
     for p, c in zip(layers, core.layers):
         assert torch.equal(p.weight, c.weight[0]) and torch.equal(p.bias, c.bias[0])
+    with torch.no_grad():  # the same function too (plasticity injection's frozen heads are part of it)
+        x = torch.randn(4, 5, generator=data)
+        assert torch.equal(plain(x), core(x))
     for m in learner.methods:
         assert _same(m.state_dict(), plasticity.methods[m.name].state_dict()), m.name
     assert plasticity.stats() == {k.replace("layer0", "0").replace("layer1", "2"): v  # group names: the modules'
@@ -92,6 +95,11 @@ META_ADAM = {"name": "meta_adam", "lr": 1e-2, "betas": (0.9, 0.99), "meta_adam":
               "utility_decay": 0.9}}, SGDM, {}),
     ({"cbp": {"replacement_rate": 0.05, "maturity_threshold": 5}, "swr": {"rate": 0.03, "every": 6,
                                                                           "utility_decay": 0.5}}, SGDM, {}),
+    # plasticity injection: into the output layer, into the last 2 layers and into the whole net, a zero head
+    ({"reset": {"what": "injection", "last_layers": 1}}, ADAM, {"switch_every": 20}),
+    ({"reset": {"what": "injection", "last_layers": 2}}, ADAM, {"switch_every": 20}),
+    ({"reset": {"what": "injection", "last_layers": 3, "init": "zero"}, "weight_clipping": {"kappa": 2.0}}, SGDM,
+     {"switch_every": 15}),
     # the step-size optimizers: a method's re-initialised units and weights get a fresh parameter's state
     ({"cbp": {"replacement_rate": 0.05, "maturity_threshold": 5}}, UPGD_, {}),
     ({"reset": {"what": "head", "init": "zero"}, "swr": {"rate": 0.05, "every": 10}}, UPGD_, {"switch_every": 20}),
@@ -99,6 +107,7 @@ META_ADAM = {"name": "meta_adam", "lr": 1e-2, "betas": (0.9, 0.99), "meta_adam":
     ({"redo": {"threshold": 0.5, "every": 7}, "reset": {"what": "head"}}, AUTOSTEP, {"switch_every": 20}),
     ({"cbp": {"replacement_rate": 0.05, "maturity_threshold": 5}, "swr": {"rate": 0.05, "every": 10}}, META_ADAM,
      {}),
+    ({"reset": {"what": "injection"}, "swr": {"rate": 0.05, "every": 10}}, META_ADAM, {"switch_every": 20}),
 ])
 def test_each_method_on_a_plain_sequential_matches_the_core(methods, optimizer, schedule):
     """Same weights, data and seed: the core's MLP and learner and an nn.Sequential through `Plasticity` end with
@@ -121,7 +130,11 @@ def test_every_registered_method_is_accepted_by_name():
     ({"l2init": True}, r"unknown plasticity method 'l2init' \(did you mean 'l2_init'\?\); valid methods: cbp, redo"),
     ({"parseval": {"strenght": 1e-3}}, r"unknown Parseval option 'strenght' \(did you mean 'strength'\?\)"),
     ({"hare_tortoise": {"ema": 1.5}}, r"ema"),
-    ({"reset": {"what": "injection"}}, r"valid here: what='head', 'last_layers' or 'network'"),
+    ({"swr": {"rat": 0.1}}, r"unknown SWR option 'rat' \(did you mean 'rate'\?\); valid options: rate, every"),
+    ({"swr": {"selection": "lowest"}}, r"selection"),
+    ({"swr": True, "init": lambda layer, rows, g: torch.zeros(rows, 3)}, r"init as a name .* or use reinit='mean'"),
+    ({"reset": {"what": "injection", "last_layers": 3}}, r"last_layers \(3\) exceeds the 2"),
+    ({"reset": {"what": "injection"}, "cbp": True}, r"reset what='injection' and cbp cannot act together"),
     ({"reset": {"what": "last_layers", "last_layers": 4}}, r"last_layers \(4\) exceeds the 2 Linear/Conv layers"),
     ({"weight_clipping": True, "init": lambda layer, rows, g: torch.zeros(rows, 3)}, r"init as a name"),
 ])
@@ -129,6 +142,56 @@ def test_bad_input_is_refused_at_attach_naming_what_is_valid(kwargs, message):
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
     with pytest.raises(ValueError, match=message):
         Plasticity(model, Adam(model.parameters()), **kwargs)
+
+
+class _Wired(nn.Module):
+    """Layers wired in forward(), with a parameter outside any layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(3, 4), nn.Linear(4, 1)
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x))) * self.scale
+
+
+@pytest.mark.parametrize("model, methods, message", [
+    (_Wired(), {"swr": True}, r"swr cannot re-initialise the parameters of 'the model' \(_Wired.*Linear, Conv1d/2d/3d, "
+                              r"LayerNorm and BatchNorm"),
+    (nn.Sequential(nn.ReLU()), {"swr": {"reset_optimizer_state": False}}, r"swr found no Linear/Conv/norm layer"),
+    (_Wired(), {"reset": {"what": "injection"}}, r"needs an nn.Sequential, not a _Wired; use last_layers=1"),
+    (nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2)), {"reset": {"what": "injection"}},
+     r"exceeds the 1 last layers .* the Flatten before them belongs to the encoder \(conv layers cannot be"),
+    (nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 1)), {"reset": {"what": "injection",
+                                                                                 "last_layers": 1}},
+     r"a Conv2d output layer, and injection needs an nn.Linear output layer with a bias"),
+    (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1, bias=False)), {"reset": {"what": "injection"}},
+     r"a Linear output layer without a bias"),
+])
+def test_a_model_a_method_cannot_act_on_is_refused_saying_why(model, methods, message):
+    with pytest.raises(ValueError, match=message):
+        Plasticity(model, SGD(model.parameters(), lr=0.1) if list(model.parameters()) else None, **methods)
+
+
+def test_injection_into_the_output_layer_of_any_model_and_its_checkpoint():
+    """last_layers=1 needs no Sequential; the frozen map travels in state_dict and the function is unchanged
+    at the moment of injection."""
+    torch.manual_seed(0)
+    model = _Wired()
+    opt = SGD(model.parameters(), lr=0.1)
+    p = Plasticity(model, opt, reset={"what": "injection", "last_layers": 1}, seed=0)
+    x = torch.randn(5, 3)
+    before = model(x)
+    p.task_switch()
+    assert torch.allclose(model(x), before, atol=1e-6) and p.stats()["reset/resets"] == 1.0
+    model2 = _Wired()  # not a deepcopy, which would copy the hooks too
+    model2.load_state_dict(model.state_dict())
+    p2 = Plasticity(model2, SGD(model2.parameters(), lr=0.1), reset={"what": "injection", "last_layers": 1})
+    p2.load_state_dict(p.state_dict())
+    assert torch.equal(model2(x), model(x))
+    p.remove()
+    assert not torch.allclose(model(x), before, atol=1e-6)  # detached: the frozen map is no longer added
 
 
 def test_a_model_without_hidden_layers_or_an_optimizer_is_refused_per_method():
@@ -140,6 +203,9 @@ def test_a_model_without_hidden_layers_or_an_optimizer_is_refused_per_method():
         Plasticity(linear, parseval=True)
     with pytest.raises(ValueError, match="reset resets the optimizer state.*pass the optimizer"):
         Plasticity(linear, reset=True)
+    with pytest.raises(ValueError, match="swr resets the optimizer state.*pass the optimizer"):
+        Plasticity(linear, swr=True)
+    Plasticity(linear, swr={"reset_optimizer_state": False})
     Plasticity(linear, l2_init=True, weight_clipping=True)  # no hidden layer needed
 
 

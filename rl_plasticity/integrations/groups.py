@@ -53,7 +53,11 @@ def _compose(view: UnitView) -> UnitView:
 
 class LayerUnits:
     """A plain weight layer as the core sees an incoming layer: `.weight` [1, U, ...], `.bias` [1, U]
-    or None, and `sample_weights` drawing fresh incoming weights from the layer's init distribution."""
+    or None, and `sample_weights` drawing fresh incoming weights from the layer's init distribution.
+    `frozen` and `frozen_readers` are what plasticity injection keeps for the layer, as on the core's Linear
+    (integrations/injection.py computes them)."""
+
+    frozen: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __init__(self, layer: nn.Module, init="torch"):
         if getattr(layer, "groups", 1) != 1:

@@ -26,6 +26,7 @@ from torch import nn
 from rl_plasticity.core.methods import (ContinualBackprop, HareTortoise, L2Init, Parseval, ReDo, Reset,
                                         SelectiveWeightReinit, ShrinkPerturb, WeightClipping)
 from rl_plasticity.integrations.groups import NORM_LAYERS, WEIGHT_LAYERS, LayerUnits
+from rl_plasticity.integrations.injection import SequentialHeads, inject_into_output_layer, injection_problem
 from rl_plasticity.integrations.swr import PlainSWR, swr_targets
 
 # The methods that re-initialise weights, so reset the optimizer state of what they re-initialise (and those
@@ -81,6 +82,7 @@ class Attachment:
     optimizer: Any  # the object methods call reset_units on (optim.unit_resetter), or None
     generators: list[torch.Generator]
     init: Any
+    handles: list = field(default_factory=list)  # hooks the methods put on the model (plasticity injection)
     _layers: ModelLayers | None = field(default=None, repr=False)
 
     def layers(self) -> ModelLayers:
@@ -103,13 +105,11 @@ def check(name: str, options: dict, a: Attachment) -> None:
         raise ValueError("CBP and ReDo need at least one hidden layer: no unit groups were declared")
     if name == "reset":
         what, k = options.get("what", Reset.defaults["what"]), options.get("last_layers", Reset.defaults["last_layers"])
-        if what == "injection":
-            raise ValueError("reset what='injection' keeps frozen copies of the head inside the network's forward "
-                             "pass, which a plain model's forward does not compute; valid here: "
-                             "what='head', 'last_layers' or 'network'")
         if not a.layers().layers:
             raise ValueError(f"reset found no Linear/Conv layer in {type(a.model).__name__}")
-        if what == "last_layers" and k > len(a.layers().layers):
+        if what == "injection" and injection_problem(a.model, a.layers(), k):
+            raise ValueError(f"reset what='injection': {injection_problem(a.model, a.layers(), k)}")
+        if what in ("last_layers", "injection") and k > len(a.layers().layers):
             raise ValueError(f"reset last_layers ({k}) exceeds the {len(a.layers().layers)} Linear/Conv layers "
                              f"of {type(a.model).__name__}")
     if name == "parseval":
@@ -130,6 +130,26 @@ def check(name: str, options: dict, a: Attachment) -> None:
             raise ValueError(f"swr found no Linear/Conv/norm layer with parameters in {type(a.model).__name__}")
 
 
+def check_together(names: list[str], options: dict[str, dict]) -> None:
+    """Refuse methods that cannot act together on a plain model."""
+    if options.get("reset", {}).get("what") == "injection":
+        for name in ("cbp", "redo"):
+            if name in names:
+                raise ValueError(f"reset what='injection' and {name} cannot act together on a plain model: {name} "
+                                 "would have to remove a replaced unit from the frozen heads too, which only the "
+                                 "core's nets keep (rl-plasticity train configs take them together)")
+
+
+def _reset_net(a: Attachment, o: dict):
+    """The net the reset method acts on: the model's layers, which injection also computes frozen parts for."""
+    if o.get("what") != "injection":
+        return a.layers()
+    if o.get("last_layers", Reset.defaults["last_layers"]) == 1:
+        inject_into_output_layer(a.layers(), a.handles)
+        return a.layers()
+    return SequentialHeads(a.model, a.layers(), a.handles)
+
+
 def _views(params: list[nn.Parameter], detach: bool) -> list[torch.Tensor]:
     """The params with a replica axis of 1, sharing memory (writes through them change the model)."""
     return [(p.detach() if detach else p).unsqueeze(0) for p in params]
@@ -140,7 +160,7 @@ BUILDERS: dict[str, Callable[[Attachment, dict], Any]] = {
     "cbp": lambda a, o: ContinualBackprop(a.groups, a.optimizer, a.generators, **o),
     "redo": lambda a, o: ReDo(a.groups, a.optimizer, a.generators, **o),
     "snp": lambda a, o: ShrinkPerturb(_views(a.params, detach=True), a.generators, **o),
-    "reset": lambda a, o: Reset([a.layers()], a.groups, a.optimizer, a.generators, **o),
+    "reset": lambda a, o: Reset([_reset_net(a, o)], a.groups, a.optimizer, a.generators, **o),
     # Views kept with autograd: the penalty's gradient flows through them into the parameters.
     "l2_init": lambda a, o: L2Init(_views(a.params, detach=False), **o),
     "parseval": lambda a, o: Parseval([_hidden_layers(a, "Parseval regularisation")], **o),

@@ -34,7 +34,8 @@ from torch import nn
 from rl_plasticity.core.learner import Learner
 from rl_plasticity.core.methods import METHODS
 from rl_plasticity.integrations.finder import UnitsNotFound, build_groups
-from rl_plasticity.integrations.methods import BUILDERS, NEEDS_OPTIMIZER, NEEDS_UNITS, Attachment, check
+from rl_plasticity.integrations.methods import (BUILDERS, NEEDS_OPTIMIZER, NEEDS_UNITS, Attachment, check,
+                                                check_together)
 from rl_plasticity.integrations.optim import unit_resetter
 
 
@@ -120,6 +121,7 @@ class Plasticity(nn.Module):
                                        [self.generator], init)]
         for name, options in self.options.items():
             check(name, options, self._attachment[0])
+        check_together(list(self.options), self.options)
         self._learner: Learner | None = None
         self._calls = {"step": 0, "loss_term": 0, "end_epoch": 0, "task_switch": 0}
         self._warned = False
@@ -219,9 +221,10 @@ class Plasticity(nn.Module):
 
     def remove(self) -> None:
         """Detach from the model and the optimizer (forward and step hooks)."""
-        for h in self._handles:
+        for h in [*self._handles, *self._attachment[0].handles]:
             h.remove()
         self._handles = []
+        self._attachment[0].handles.clear()
 
     def extra_repr(self) -> str:
         enabled = [k for k, v in self.options.items() if v is not None]
