@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from readme_examples import python_block
 from torch import nn
-from torch_api_helpers import METHOD_SEED, method_cfg, plain_optimizer
+from torch_api_helpers import METHOD_SEED, copy_weights, method_cfg, plain_optimizer
 
 from rl_plasticity import (SGD, Adam, Plasticity, UnitsNotFound, UnitSpec, attach_cbp, attach_redo,
                            attach_shrink_perturb, find_unit_specs)
@@ -21,13 +21,6 @@ from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.units import ParamUnits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _copy_weights(plain_layers, core_layers) -> None:
-    with torch.no_grad():
-        for plain, core in zip(plain_layers, core_layers):
-            plain.weight.copy_(core.weight[0])
-            plain.bias.copy_(core.bias[0])
 
 
 def _train_both(core_net, plain, plain_layers, cfg, methods, x_shape, y_dim, steps, init):
@@ -78,7 +71,7 @@ def test_core_mlp_and_plain_sequential_train_bit_identically(optimizer, methods)
     core.reset_parameters([torch.Generator().manual_seed(1)])
     plain = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     layers = [plain[0], plain[2], plain[4]]
-    _copy_weights(layers, core.layers)
+    copy_weights(layers, core.layers)
     cfg = method_cfg(optimizer, methods)
     learner, opt, plasticity = _train_both(core, plain, layers, cfg, methods, (16, 6), 2, steps=150, init="lecun")
     if "cbp" in methods:
@@ -100,7 +93,7 @@ def test_core_convnet_and_plain_sequential_train_bit_identically():
         nn.Conv2d(4, 5, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
         nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
     layers = [m for m in plain if isinstance(m, (nn.Conv2d, nn.Linear))]
-    _copy_weights(layers, core.layers)
+    copy_weights(layers, core.layers)
     methods = {"cbp": {"replacement_rate": 0.1, "maturity_threshold": 3, "utility": "contribution"}}
     cfg = method_cfg({"name": "sgd", "lr": 1e-2, "momentum": 0.9}, methods)
     learner, opt, plasticity = _train_both(core, plain, layers, cfg, methods, (4, 1, 24, 24), 2, steps=40,

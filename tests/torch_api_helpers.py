@@ -49,8 +49,13 @@ def core_and_plain_mlp():
     core.reset_parameters([torch.Generator().manual_seed(1)])
     plain = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     layers = [plain[0], plain[2], plain[4]]
-    with torch.no_grad():
-        for p, c in zip(layers, core.layers):
-            p.weight.copy_(c.weight[0])
-            p.bias.copy_(c.bias[0])
+    copy_weights(layers, core.layers)
     return core, plain, layers
+
+
+def copy_weights(plain_layers, core_layers) -> None:
+    """Give each plain layer the weights and bias of the core layer beside it (replica 0)."""
+    with torch.no_grad():
+        for plain, core in zip(plain_layers, core_layers):
+            plain.weight.copy_(core.weight[0])
+            plain.bias.copy_(core.bias[0])

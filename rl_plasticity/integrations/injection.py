@@ -39,18 +39,8 @@ def _copyable(m: nn.Module) -> bool:
     if isinstance(m, nn.Linear):
         return m.bias is not None
     if isinstance(m, nn.LayerNorm):
-        return len(m.normalized_shape) == 1 and m.bias is not None if m.elementwise_affine else True
+        return len(m.normalized_shape) == 1 and (not m.elementwise_affine or m.bias is not None)
     return isinstance(m, PASSIVE_IN_HEAD) or _is_activation(m)
-
-
-def inject_into_output_layer(layers, handles: list) -> None:
-    """`last_layers: 1`: the output layer's frozen linear map, added to its output (`layers.head.frozen`)."""
-    head = layers.head
-
-    def add_frozen(module, inputs, out):
-        frozen = head.frozen
-        return out if frozen is None else out + F.linear(inputs[0], frozen[0][0], frozen[1][0])
-    handles.append(head.layer.register_forward_hook(add_frozen))
 
 
 def _segments(model: nn.Module, units: list) -> list[list[nn.Module]]:

@@ -68,11 +68,17 @@ class _CoreBacked(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        work = []  # (core optimizer, its parameters) of every group with gradients
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                self._step_group(self._core_for(group, params), params)
+                work.append((self._core_for(group, params), params))
+        self._step_groups(work)
         return loss
+
+    def _step_groups(self, work: list[tuple[object, list[torch.Tensor]]]) -> None:
+        for core_opt, params in work:
+            self._step_group(core_opt, params)
 
     def _step_group(self, core_opt, params: list[torch.Tensor]) -> None:
         core_opt.step([p.grad for p in params])

@@ -95,22 +95,12 @@ class UPGD(_ReplicaBacked):
         super()._sync(core_opt, group)
         core_opt.beta_utility, core_opt.sigma = group["beta_utility"], group["sigma"]
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = []
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                work.append((self._core_for(group, params), _with_replica([p.grad for p in params])))
+    def _step_groups(self, work) -> None:
+        grads = [_with_replica([p.grad for p in params]) for _, params in work]
         if work:  # eta: the largest trace over every group's weights
-            eta = torch.stack([core_opt.update_utilities(grads) for core_opt, grads in work]).amax(0)
-            for core_opt, grads in work:
-                core_opt.perturbed_step(grads, eta)
-        return loss
+            eta = torch.stack([core_opt.update_utilities(g) for (core_opt, _), g in zip(work, grads)]).amax(0)
+            for (core_opt, _), g in zip(work, grads):
+                core_opt.perturbed_step(g, eta)
 
 
 class IDBD(_FlatBacked):
