@@ -28,6 +28,10 @@ _EXPORTS = {
     "CBPSACPolicy": "rl_plasticity.integrations.sb3",
     "Measure": "rl_plasticity.integrations.measure",
     "measure": "rl_plasticity.integrations.measure",
+    "PlasticityPolicy": "rl_plasticity.integrations.sb3",
+    "PlasticitySACPolicy": "rl_plasticity.integrations.sb3",
+    "PlasticityMetricsCallback": "rl_plasticity.integrations.sb3_callbacks",
+    "PlasticityHooksCallback": "rl_plasticity.integrations.sb3_callbacks",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -18,6 +18,7 @@ from rl_plasticity import (
     envs,  # noqa: F401  (registers rl_plasticity/FrictionAnt-v0)
 )
 from rl_plasticity.core.builders import METHOD_DEFAULTS
+from rl_plasticity.core.methods import ContinualBackprop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,6 +64,10 @@ def test_sb3_policy_bookkeeping_matches_our_ppo_agent():
                     init_generator=torch.Generator().manual_seed(0),
                     method_generators=[torch.Generator().manual_seed(9)],
                     minibatch_generator=torch.Generator().manual_seed(1))
+    # The policy's actor and critic each have their methods (seeded 9 and 10): so has the core learner here.
+    options = ContinualBackprop.options(cfg["cbp"])
+    ours.learner.methods = [ContinualBackprop(net.groups, ours.learner.optimizer, [torch.Generator().manual_seed(s)],
+                                              **options) for net, s in ((ours.actor, 9), (ours.critic, 10))]
     sb3 = PPO(CBPPolicy, env, learning_rate=1e-3, seed=0, device="cpu",
               policy_kwargs={"net_arch": {"pi": [16, 16], "vf": [16, 16]}, "activation_fn": nn.ReLU,
                              "ortho_init": False,
@@ -93,11 +98,13 @@ def test_sb3_policy_bookkeeping_matches_our_ppo_agent():
         sb3_loss.backward()
         policy.optimizer.step()  # CBP runs from the optimizer's step hook
 
-    core_cbp, sb3_cbp = ours.learner.methods[0], policy.plasticity.methods["cbp"]
-    assert [g.name for g in policy.plasticity.groups] == ["mlp_extractor.policy_net.0", "mlp_extractor.policy_net.2",
-                                                          "mlp_extractor.value_net.0", "mlp_extractor.value_net.2"]
-    assert all(int(r) > 0 for r in core_cbp.replacements)
-    _assert_same_tensors(core_cbp.state_dict(), sb3_cbp.state_dict())
+    assert [g.name for g in policy.actor_plasticity.groups] == ["mlp_extractor.policy_net.0",
+                                                                "mlp_extractor.policy_net.2"]
+    assert [g.name for g in policy.critic_plasticity.groups] == ["mlp_extractor.value_net.0",
+                                                                 "mlp_extractor.value_net.2"]
+    for core_cbp, sb3 in zip(ours.learner.methods, (policy.actor_plasticity, policy.critic_plasticity)):
+        assert all(int(r) > 0 for r in core_cbp.replacements)
+        _assert_same_tensors(core_cbp.state_dict(), sb3.methods["cbp"].state_dict())
     for net in ("actor", "critic"):
         for mine, core in zip(sb3_layers[net], core_layers[net]):
             assert torch.equal(mine.weight, core.weight[0]) and torch.equal(mine.bias, core.bias[0])
@@ -116,7 +123,7 @@ def test_ppo_cbp_counts_minibatch_steps_and_save_load_resumes_exactly(tmp_path):
     model = _small_ppo()
     model.learn(total_timesteps=512)
     steps = 2 * 2 * (256 // 64)  # rollouts x epochs x minibatches
-    state = _cbp_state(model.policy.plasticity)
+    state = _cbp_state(model.policy.actor_plasticity)
     for age, replaced in zip(state["age"], state["replacements"]):
         assert age.max().item() == steps  # every unit aged once per optimizer step
         assert replaced.item() > 0
@@ -132,7 +139,7 @@ def test_ppo_cbp_counts_minibatch_steps_and_save_load_resumes_exactly(tmp_path):
     for m in (model, loaded):
         np.random.seed(0)  # SB3's minibatch order
         m.train()
-    assert _cbp_state(model.policy.plasticity)["age"][0].max().item() == steps + 8
+    assert _cbp_state(model.policy.actor_plasticity)["age"][0].max().item() == steps + 8
     _assert_same_tensors(model.policy.state_dict(), loaded.policy.state_dict())
 
 
@@ -143,10 +150,10 @@ def test_ppo_with_torch_adam_warns_once_and_redo_snp_compose():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.learn(total_timesteps=512)
-    assert len([w for w in caught if "step count" in str(w.message)]) == 1
-    stats = model.policy.plasticity.stats()
-    assert stats["cbp/mlp_extractor.policy_net.0/replacements"] > 0
-    assert "redo/mlp_extractor.value_net.0/resets" in stats
+    assert len([w for w in caught if "step count" in str(w.message)]) == 2  # once for the actor's, the critic's methods
+    stats = model.policy.plasticity_stats()
+    assert stats["actor"]["cbp/mlp_extractor.policy_net.0/replacements"] > 0
+    assert "redo/mlp_extractor.value_net.0/resets" in stats["critic"]
 
 
 def test_a2c_with_rmsprop_resets_without_a_warning():
@@ -156,7 +163,7 @@ def test_a2c_with_rmsprop_resets_without_a_warning():
         warnings.simplefilter("error")
         model.learn(total_timesteps=200)
     assert isinstance(model.policy.optimizer, torch.optim.RMSprop)
-    plasticity = model.policy.plasticity
+    plasticity = model.policy.actor_plasticity
     assert all(v > 0 for v in plasticity.stats().values())
     replaced = (plasticity.methods["cbp"].age[0][0] == 0).nonzero().flatten()
     square_avg = model.policy.optimizer.state[model.policy.mlp_extractor.policy_net[0].weight]["square_avg"]
@@ -189,19 +196,19 @@ def test_policy_option_typos_and_networks_without_hidden_layers_fail_at_construc
         PPO(CBPPolicy, _env(), device="cpu", policy_kwargs={"net_arch": [16], "cbp": {"replacment_rate": 1e-3}})
     with pytest.raises(ValueError, match="ReDo every must be"):
         SAC(CBPSACPolicy, _env(), device="cpu", policy_kwargs={"net_arch": [16], "redo": {"every": 0}})
-    with pytest.raises(ValueError, match=r"CBP and ReDo need at least one hidden layer, and the policy network "
-                                         r"\(mlp_extractor.policy_net\) has none \(net_arch=\[\]\)"):
+    with pytest.raises(ValueError, match=r"cbp act\(s\) on hidden units, and the policy network "
+                                         r"\(mlp_extractor.policy_net\) has no hidden layer \(net_arch=\[\]\)"):
         PPO(CBPPolicy, _env(), device="cpu", policy_kwargs={"net_arch": []})
-    with pytest.raises(ValueError, match=r"need at least one hidden layer, and the value network"):
+    with pytest.raises(ValueError, match=r"redo act\(s\) on hidden units, and the value network"):
         PPO(CBPPolicy, _env(), device="cpu", policy_kwargs={"net_arch": {"pi": [16], "vf": []}, "cbp": None,
                                                            "redo": True})
-    with pytest.raises(ValueError, match=r"need at least one hidden layer, and the actor \(actor.latent_pi\)"):
+    with pytest.raises(ValueError, match=r"on hidden units, and the actor \(actor.latent_pi\)"):
         SAC(CBPSACPolicy, _env(), device="cpu", policy_kwargs={"net_arch": {"pi": [], "qf": [16]}})
     # Shrink-and-perturb alone needs no hidden units.
     model = PPO(CBPPolicy, _env(), n_steps=64, batch_size=32, n_epochs=1, device="cpu",
                 policy_kwargs={"net_arch": [], "cbp": None, "snp": {"shrink": 1e-3}})
     model.learn(total_timesteps=64)
-    assert list(model.policy.plasticity.methods) == ["snp"]
+    assert list(model.policy.actor_plasticity.methods) == list(model.policy.critic_plasticity.methods) == ["snp"]
 
 
 def test_readme_sb3_example_runs(tmp_path, monkeypatch, capsys):

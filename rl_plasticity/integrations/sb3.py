@@ -1,25 +1,36 @@
-"""Stable-Baselines3 policies with plasticity methods in the actor AND the critic.
+"""Stable-Baselines3 policies with the learner core's plasticity methods in the actor AND the critic.
 
-    model = PPO(CBPPolicy, env, policy_kwargs={"cbp": {"maturity_threshold": 10_000}})
-    model = SAC(CBPSACPolicy, env)
+    model = PPO(PlasticityPolicy, env, policy_kwargs={"cbp": {"maturity_threshold": 10_000}, "l2_init": True})
+    model = SAC(PlasticitySACPolicy, env, policy_kwargs={"redo": True, "parseval": {"strength": 1e-3}})
 
-Continual backprop (Dohare et al., Nature 2024; their PPO setting: replacement rate 1e-4, maturity
-10,000, utility decay 0.99, "contribution" utility, after every minibatch step) runs through SB3's
-own extension points: the policy class builds the networks as usual, then attaches
-`rl_plasticity.Plasticity` to them. Its forward hooks keep the activations of the latest training
-forward pass (SB3 acts under no_grad, so acting does not overwrite them), and the optimizer's step
-hook runs the methods after every `optimizer.step()`, i.e. after every minibatch step. The
-optimizer defaults to `rl_plasticity.Adam`, so a replaced unit's Adam state is reset exactly
-(torch's Adam can only have its moments reset, with a warning). The methods' state is a submodule's
-state of the policy, so `model.save()` / `PPO.load()` keep it.
+Every method of the core's registry (rl_plasticity.core.methods.METHODS) is a policy keyword, by its config
+section's name, with True (its defaults) or a dict of its options, exactly as `rl_plasticity.Plasticity`
+takes it: the policy passes them on unread, so a method added to the registry is a keyword here too.
+`cbp` options are applied on top of the paper's PPO setting (Dohare et al., Nature 2024: replacement rate
+1e-4, maturity 10,000, utility decay 0.99, "contribution" utility). `CBPPolicy` / `CBPSACPolicy` are the
+same policies with `cbp=True` by default.
 
-Unit groups: PPO's `mlp_extractor.policy_net` layers read by each other and by `action_net`, and
-`mlp_extractor.value_net` read by `value_net`; SAC's `actor.latent_pi` read by `actor.mu` and
-`actor.log_std` together, and every Q-network `critic.qf<i>` (not the target networks: Polyak
-averaging follows the critic). Layers inside a custom features extractor are not included.
-A replaced unit's incoming weights are drawn from U(+-g*sqrt(3/fan_in)) with g = sqrt(2) (the
-variance of SB3's orthogonal init of hidden layers) when `ortho_init` is on, else from torch's
-default layer init; `plasticity_init` overrides it.
+The policy builds SB3's networks as usual, then attaches one `Plasticity` to the actor and one to the
+critic (integrations/sb3_nets.py says which layers each holds), so that the methods acting on a net's
+layers see its own output layer (the reset of the head, Parseval's exemption). Their forward hooks keep the
+activations of the latest training pass (SB3 acts under no_grad), and the optimizer's step hook runs them
+after every `optimizer.step()`, i.e. after every minibatch or gradient step. PPO's one optimizer serves
+both; SAC's actor and critic optimizers each serve their net. The optimizer defaults to
+`rl_plasticity.Adam`, so a re-initialised unit's Adam state is reset exactly.
+
+Loss terms (L2 Init, Kumar et al. 2023; Parseval regularisation, Chung et al. 2024) enter SB3's loss
+without touching SB3's train(): every SB3 algorithm updates as `optimizer.zero_grad(); loss.backward();
+[clip_grad_norm_]; optimizer.step()`, and the policy's optimizer starts the gradients from the penalty's
+gradient at `zero_grad()` instead of from zero. `loss.backward()` then accumulates SB3's loss on top, so
+the optimizer gets the gradient of SB3's loss plus the penalty, clipped as SB3 clips it. (SB3's logged
+`train/loss` does not include the penalty.) Methods acting at a task switch or an epoch's end get
+`policy.task_switch()` and `policy.end_epoch()`; `PlasticityHooksCallback` (integrations/sb3_callbacks.py)
+calls them from SB3's learn().
+
+The methods' state is a submodule's state of the policy, so `model.save()` / `PPO.load()` keep it.
+A re-initialised unit's or layer's incoming weights are drawn from U(+-g*sqrt(3/fan_in)) with g = sqrt(2)
+(the variance of SB3's orthogonal init of hidden layers) when `ortho_init` is on, else from torch's default
+layer init; `plasticity_init` overrides it. `plasticity_seed` seeds the actor's methods (the critic's: +1).
 """
 
 from __future__ import annotations
@@ -29,104 +40,153 @@ from typing import Any
 
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.sac.policies import SACPolicy
-from torch import nn
 
-from rl_plasticity.integrations.finder import UnitSpec, _flatten_chain, chain_specs
+from rl_plasticity.core.methods import METHODS, PlasticityMethod
+from rl_plasticity.integrations.methods import NEEDS_UNITS
 from rl_plasticity.integrations.optim import Adam
+from rl_plasticity.integrations.sb3_nets import Net, policy_nets
 from rl_plasticity.integrations.torch_api import Plasticity
 
 # The paper's CBP settings for PPO (DESIGN §4); a dict given as `cbp` is applied on top of them.
 PAPER_CBP = {"replacement_rate": 1e-4, "maturity_threshold": 10_000, "decay_rate": 0.99, "utility": "contribution"}
 
 
-def _cbp_options(cbp) -> dict | None:
-    if cbp is None or cbp is False:
-        return None
-    return {**PAPER_CBP, **({} if cbp is True else dict(cbp))}
+def _enabled(value) -> bool:
+    return value is not None and value is not False
 
 
-def _chain(root: nn.Module, seq_name: str) -> list[tuple[str, nn.Module]]:
-    seq = root.get_submodule(seq_name)
-    return _flatten_chain(seq, seq_name + ".")
+def _method_options(methods: dict) -> dict:
+    """The keywords for Plasticity: the enabled methods, CBP's over the paper's settings."""
+    out = {name: value for name, value in methods.items() if _enabled(value)}
+    if "cbp" in out:
+        out["cbp"] = {**PAPER_CBP, **({} if out["cbp"] is True else dict(out["cbp"]))}
+    return out
 
 
-class _PlasticityOptions:
-    """The keyword arguments both policies take, kept for SB3's save/load of the policy."""
+def _has_loss_term(name: str) -> bool:
+    cls = METHODS.get(name)
+    return cls is not None and cls.after_loss is not PlasticityMethod.after_loss
 
-    def _set_plasticity_options(self, cbp, redo, snp, plasticity_init, plasticity_seed) -> None:
+
+def add_penalties_at_zero_grad(optimizer, attachments: list[Plasticity]) -> None:
+    """Make `optimizer.zero_grad()` leave the gradient of the attachments' loss terms in `.grad`, so that the
+    next `loss.backward()` gives the gradient of loss + penalties (see the module docstring)."""
+    zero_grad = optimizer.zero_grad
+
+    def zero_grad_with_penalties(set_to_none: bool = True) -> None:
+        zero_grad(set_to_none)
+        penalty = sum(p.loss_term() for p in attachments)
+        if penalty.requires_grad:
+            penalty.backward()
+
+    optimizer.zero_grad = zero_grad_with_penalties
+
+
+class _PlasticityPolicy:
+    """What both policies share: the method keywords, the attachments to actor and critic, the hooks."""
+
+    _cbp_default = None
+
+    def _split_kwargs(self, kwargs: dict, plasticity_init, plasticity_seed) -> dict:
+        """Take the method keywords out of SB3's kwargs; kept for SB3's save/load of the policy."""
+        methods = {name: kwargs.pop(name) for name in list(kwargs) if name in METHODS}
+        if self._cbp_default is not None:
+            methods.setdefault("cbp", self._cbp_default)
         # Stored before nn.Module.__init__ runs (SB3 builds the networks inside __init__).
-        object.__setattr__(self, "_plasticity_kwargs", {"cbp": cbp, "redo": redo, "snp": snp,
-                                                        "plasticity_init": plasticity_init,
+        object.__setattr__(self, "_plasticity_kwargs", {**methods, "plasticity_init": plasticity_init,
                                                         "plasticity_seed": plasticity_seed})
+        object.__setattr__(self, "_methods", _method_options(methods))
+        kwargs.setdefault("optimizer_class", Adam)
+        return kwargs
 
-    def _require_units(self, specs: list[UnitSpec], where: str) -> None:
-        """CBP and ReDo act on hidden units: refuse a network without hidden layers rather than do nothing."""
-        o = self._plasticity_kwargs
-        if not specs and (_cbp_options(o["cbp"]) is not None or o["redo"] not in (None, False)):
-            raise ValueError(f"CBP and ReDo need at least one hidden layer, and the {where} has none (net_arch="
-                             f"{self.net_arch!r}): give it hidden layers in policy_kwargs['net_arch'], or turn "
-                             "cbp and redo off (cbp=None, redo=None)")
-
-    def _attach(self, specs: list[UnitSpec], optimizer, default_init, seed_offset: int = 0) -> Plasticity:
+    def _attach_all(self, optimizers: dict, default_init) -> None:
+        """One Plasticity per net (None where no method is enabled), built now, at the initial weights."""
         o = self._plasticity_kwargs
         init = default_init if o["plasticity_init"] is None else o["plasticity_init"]
-        seed = None if o["plasticity_seed"] is None else o["plasticity_seed"] + seed_offset
-        # Shrink-and-perturb acts on what this optimizer trains (not, e.g., SAC's target networks).
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        return Plasticity(self, optimizer, cbp=_cbp_options(o["cbp"]), redo=o["redo"], snp=o["snp"], groups=specs,
-                          init=init, seed=seed, auto_step=True, params=params)
+        nets = policy_nets(self)
+        for net in nets:
+            on_units = [name for name in self._methods if name in NEEDS_UNITS]
+            if on_units and not net.specs:
+                raise ValueError(f"{', '.join(on_units)} act(s) on hidden units, and the {net.where} has no hidden "
+                                 f"layer (net_arch={self.net_arch!r}): give it hidden layers in "
+                                 f"policy_kwargs['net_arch'], or turn {', '.join(on_units)} off")
+        self.plasticity_nets = {}
+        for i, net in enumerate(nets):
+            attached = self._attach(net, optimizers[net.name], init, i) if self._methods else None
+            setattr(self, f"{net.name}_plasticity", attached)
+            self.plasticity_nets[net.name] = attached
+        penalised = {}
+        for net in nets:
+            if any(_has_loss_term(name) for name in self._methods):
+                penalised.setdefault(id(optimizers[net.name]), (optimizers[net.name], []))[1].append(
+                    self.plasticity_nets[net.name])
+        for optimizer, attachments in penalised.values():
+            add_penalties_at_zero_grad(optimizer, attachments)
+
+    def _attach(self, net: Net, optimizer, init, seed_offset: int) -> Plasticity:
+        seed = self._plasticity_kwargs["plasticity_seed"]
+        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        plasticity = Plasticity(net.as_module(), optimizer, groups=net.local_specs(), init=init,
+                                seed=None if seed is None else seed + seed_offset, auto_step=True,
+                                params=[p for p in net.params() if id(p) in trained], **self._methods)
+        plasticity.methods  # noqa: B018 (built now: L2 Init's and the tortoise's weights are the initial ones)
+        return plasticity
+
+    def task_switch(self) -> None:
+        """Tell the actor's and critic's methods that the task changed (e.g. the env's physics)."""
+        for plasticity in self.plasticity_nets.values():
+            if plasticity is not None:
+                plasticity.task_switch()
+
+    def end_epoch(self) -> None:
+        """Tell the methods that an update's epochs are over (PPO: after each rollout's update)."""
+        for plasticity in self.plasticity_nets.values():
+            if plasticity is not None:
+                plasticity.end_epoch()
+
+    def plasticity_stats(self) -> dict[str, dict[str, float]]:
+        """The methods' counters per net: {"actor": {"cbp/mlp_extractor.policy_net.0/replacements": 3.0}, ...}."""
+        return {net: ({} if p is None else p.stats()) for net, p in self.plasticity_nets.items()}
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), **self._plasticity_kwargs}
 
 
-class CBPPolicy(_PlasticityOptions, ActorCriticPolicy):
-    """SB3's ActorCriticPolicy (for PPO, A2C) with CBP (default on, the paper's settings) and
-    optionally ReDo (`redo={...}`) and shrink-and-perturb (`snp={...}`) in actor and critic.
+class PlasticityPolicy(_PlasticityPolicy, ActorCriticPolicy):
+    """SB3's ActorCriticPolicy (PPO, A2C) with plasticity methods in actor and critic, one optimizer for both.
 
-    Extra policy_kwargs: cbp (True, None or a dict over PAPER_CBP), redo, snp (None or a dict of the
-    core method's options), plasticity_init, plasticity_seed. `policy.plasticity` holds the methods
-    (`.stats()` for replacement counts)."""
+    Extra policy_kwargs: every method of the core's registry by section name (cbp, redo, snp, reset, l2_init,
+    parseval, swr, weight_clipping, hare_tortoise, ...), plasticity_init, plasticity_seed.
+    `policy.actor_plasticity` / `policy.critic_plasticity` hold the methods."""
 
-    def __init__(self, *args, cbp=True, redo=None, snp=None, plasticity_init=None, plasticity_seed=None, **kwargs):
-        self._set_plasticity_options(cbp, redo, snp, plasticity_init, plasticity_seed)
-        kwargs.setdefault("optimizer_class", Adam)
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, plasticity_init=None, plasticity_seed=None, **kwargs):
+        super().__init__(*args, **self._split_kwargs(kwargs, plasticity_init, plasticity_seed))
 
     def _build(self, lr_schedule) -> None:
         super()._build(lr_schedule)
-        policy_specs = chain_specs(_chain(self, "mlp_extractor.policy_net") + [("action_net", self.action_net)])
-        value_specs = chain_specs(_chain(self, "mlp_extractor.value_net") + [("value_net", self.value_net)])
-        self._require_units(policy_specs, "policy network (mlp_extractor.policy_net)")
-        self._require_units(value_specs, "value network (mlp_extractor.value_net)")
-        self.plasticity = self._attach(policy_specs + value_specs, self.optimizer,
-                                       math.sqrt(2) if self.ortho_init else "torch")
+        self._attach_all({"actor": self.optimizer, "critic": self.optimizer},
+                         math.sqrt(2) if self.ortho_init else "torch")
 
 
-class CBPSACPolicy(_PlasticityOptions, SACPolicy):
-    """SB3's SACPolicy with CBP (default on) and optionally ReDo / shrink-and-perturb in the actor
-    (stepped with the actor's optimizer) and the critic's Q-networks (with the critic's optimizer).
-    Same extra policy_kwargs as CBPPolicy; `policy.actor_plasticity` and `policy.critic_plasticity`."""
+class PlasticitySACPolicy(_PlasticityPolicy, SACPolicy):
+    """SB3's SACPolicy with plasticity methods in the actor (stepped with the actor's optimizer) and the
+    critic's Q-networks (with the critic's optimizer). Same extra policy_kwargs as PlasticityPolicy."""
 
-    def __init__(self, *args, cbp=True, redo=None, snp=None, plasticity_init=None, plasticity_seed=None, **kwargs):
-        self._set_plasticity_options(cbp, redo, snp, plasticity_init, plasticity_seed)
-        kwargs.setdefault("optimizer_class", Adam)
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, plasticity_init=None, plasticity_seed=None, **kwargs):
+        super().__init__(*args, **self._split_kwargs(kwargs, plasticity_init, plasticity_seed))
 
     def _build(self, lr_schedule) -> None:
         super()._build(lr_schedule)
-        actor = self.actor
-        if not isinstance(actor.mu, nn.Linear) or not isinstance(actor.log_std, nn.Linear):
-            raise ValueError("CBPSACPolicy needs the default Gaussian actor (use_sde=False): its mu and log_std "
-                             "heads are the layers that read the last hidden units")
-        actor_specs = chain_specs(_chain(self, "actor.latent_pi") + [("actor.mu", actor.mu)])
-        if actor_specs:  # the last hidden layer is read by both heads
-            last = actor_specs[-1]
-            actor_specs[-1] = UnitSpec(last.incoming, ("actor.mu", "actor.log_std"), last.norm)
-        critic_specs = [spec for i in range(len(self.critic.q_networks))
-                        for spec in chain_specs(_chain(self, f"critic.qf{i}"))]
-        self._require_units(actor_specs, "actor (actor.latent_pi)")
-        self._require_units(critic_specs, "critic (critic.qf*)")
-        self.actor_plasticity = self._attach(actor_specs, actor.optimizer, "torch")
-        # The critic's methods draw from their own stream.
-        self.critic_plasticity = self._attach(critic_specs, self.critic.optimizer, "torch", seed_offset=1)
+        self._attach_all({"actor": self.actor.optimizer, "critic": self.critic.optimizer}, "torch")
+
+
+class CBPPolicy(PlasticityPolicy):
+    """PlasticityPolicy with continual backprop on by default (the paper's settings)."""
+
+    _cbp_default = True
+
+
+class CBPSACPolicy(PlasticitySACPolicy):
+    """PlasticitySACPolicy with continual backprop on by default (the paper's settings)."""
+
+    _cbp_default = True

@@ -1,0 +1,139 @@
+"""Every method of the core's registry in SB3's PPO and SAC, actor and critic; loss terms in SB3's loss; the hooks."""
+
+import gymnasium as gym
+import pytest
+import torch
+from stable_baselines3 import PPO, SAC
+from torch import nn
+
+from rl_plasticity import (
+    CBPPolicy,
+    Plasticity,
+    PlasticityHooksCallback,
+    PlasticityPolicy,
+    PlasticitySACPolicy,
+    envs,  # noqa: F401  (registers rl_plasticity/FrictionAnt-v0)
+)
+from rl_plasticity.core.methods import METHODS
+from rl_plasticity.integrations.sb3 import add_penalties_at_zero_grad
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Settings under which each method acts within a few updates.
+QUICK = {
+    "cbp": {"replacement_rate": 0.05, "maturity_threshold": 5},
+    "redo": {"every": 2, "threshold": 0.9},
+    "snp": {"shrink": 1e-3, "noise_std": 1e-3},
+    "reset": {"what": "head", "when": "steps", "every": 2},
+    "l2_init": {"strength": 1.0},
+    "parseval": {"strength": 0.1},
+    "swr": {"rate": 0.5, "every": 2},
+    "weight_clipping": {"kappa": 0.5},
+    "hare_tortoise": {"reset_on": "steps", "reset_every": 2},
+}
+
+
+def _env(**kwargs):
+    return gym.make("rl_plasticity/FrictionAnt-v0", change_every=500, **kwargs)
+
+
+def _ppo(**methods):
+    return PPO(PlasticityPolicy, _env(), n_steps=64, batch_size=32, n_epochs=2, seed=0, device="cpu",
+               policy_kwargs={"net_arch": [8, 8], "plasticity_seed": 0, **methods})
+
+
+def _sac(**methods):
+    return SAC(PlasticitySACPolicy, _env(), learning_starts=16, batch_size=16, seed=0, device="cpu",
+               policy_kwargs={"net_arch": [8, 8], "plasticity_seed": 0, **methods})
+
+
+BUILD = {"ppo": (_ppo, 128), "sac": (_sac, 40)}
+NETS = {"ppo": {"actor": ["mlp_extractor.policy_net.0", "action_net"],
+                "critic": ["mlp_extractor.value_net.0", "value_net"]},
+        "sac": {"actor": ["actor.latent_pi.0", "actor.mu"], "critic": ["critic.qf0.0", "critic.qf1.2"]}}
+_baselines = {}
+
+
+def _weights(model, algo):
+    return {name: model.policy.get_submodule(name).weight.detach().clone()
+            for names in NETS[algo].values() for name in names}
+
+
+def test_every_registry_method_has_a_quick_setting():
+    assert set(QUICK) == set(METHODS)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+@pytest.mark.parametrize("method", sorted(QUICK))
+def test_every_method_acts_in_actor_and_critic_and_save_load_keeps_its_state(algo, method, tmp_path):
+    build, steps = BUILD[algo]
+    if algo not in _baselines:  # the same run without methods
+        baseline = build()
+        baseline.learn(steps)
+        _baselines[algo] = _weights(baseline, algo)
+    model = build(**{method: QUICK[method]})
+    model.learn(steps)
+    policy = model.policy
+    for net in ("actor", "critic"):
+        assert list(getattr(policy, f"{net}_plasticity").methods) == [method]
+    after = _weights(model, algo)
+    for net, names in NETS[algo].items():  # the method changed what each net learned
+        assert any(not torch.equal(after[n], _baselines[algo][n]) for n in names), (net, names)
+    model.save(tmp_path / "model")
+    loaded = type(model).load(tmp_path / "model", device="cpu")
+    saved, restored = policy.state_dict(), loaded.policy.state_dict()
+    assert saved.keys() == restored.keys()
+    assert any(k.endswith("_plasticity._extra_state") for k in saved)
+    assert repr(saved) == repr(restored)  # parameters and every method's state (tensors print their values)
+
+
+def test_loss_term_enters_the_gradient_sb3_clips_and_steps():
+    """zero_grad() starts the gradient from the penalty's, so backward() of SB3's loss gives their sum's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    plasticity = Plasticity(model, opt, l2_init={"strength": 0.5}, parseval={"strength": 0.1}, seed=0)
+    plasticity.methods  # noqa: B018 (theta_0: the weights now)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3)
+    x = torch.randn(5, 3)
+    expected = torch.autograd.grad(model(x).square().mean() + plasticity.loss_term(), list(model.parameters()))
+    add_penalties_at_zero_grad(opt, [plasticity])
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    for p, g in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, g)
+        assert g.abs().sum() > 0
+
+
+def test_task_switch_and_epoch_hooks_from_the_env_phase():
+    """PlasticityHooksCallback: end_epoch() after every PPO update, task_switch() when info['phase'] changes."""
+    env = gym.make("rl_plasticity/FrictionAnt-v0", change_every=40, max_episode_steps=20)
+    model = PPO(PlasticityPolicy, env, n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu",
+                policy_kwargs={"net_arch": [8], "plasticity_seed": 0, "reset": {"what": "head"},
+                               "hare_tortoise": {"reset_on": "epoch", "reset_every": 1}})
+    hooks = PlasticityHooksCallback()
+    head = model.policy.action_net.weight.detach().clone()
+    model.learn(192, callback=hooks)
+    assert hooks.switches >= 2
+    stats = model.policy.plasticity_stats()
+    assert stats["actor"]["hare_tortoise/resets"] == stats["critic"]["hare_tortoise/resets"] == 3  # 3 updates
+    assert not torch.equal(model.policy.action_net.weight, head)
+    # A callable decides instead; a policy without the methods is refused.
+    every_50 = PlasticityHooksCallback(task_switch=lambda cb: cb.num_timesteps % 50 == 0)
+    model.learn(128, callback=every_50, reset_num_timesteps=False)
+    assert every_50.switches == 3  # steps 193-320: at 200, 250 and 300
+    with pytest.raises(TypeError, match="has no end_epoch"):
+        PPO("MlpPolicy", env, n_steps=64, device="cpu").learn(64, callback=PlasticityHooksCallback())
+
+
+def test_policy_keywords_pass_through_and_bad_ones_are_refused():
+    with pytest.raises(ValueError, match="unknown CBP option 'rate'"):
+        _ppo(cbp={"rate": 1.0})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'net_arh'"):
+        PPO(PlasticityPolicy, _env(), device="cpu", policy_kwargs={"net_arh": [8], "cbp": True})
+    plain = _ppo()  # no method: SB3's policy with rl_plasticity.Adam
+    assert plain.policy.actor_plasticity is None and plain.policy.plasticity_stats() == {"actor": {}, "critic": {}}
+    model = PPO(CBPPolicy, _env(), device="cpu", policy_kwargs={"net_arch": [8]})
+    assert model.policy.actor_plasticity.options["cbp"]["maturity_threshold"] == 10_000  # the paper's PPO setting
