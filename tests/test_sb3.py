@@ -7,7 +7,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from readme_examples import python_block
 from rl_plasticity.agents.ppo import PPOAgent, PPOSettings
 from stable_baselines3 import A2C, PPO, SAC
 from torch import nn
@@ -209,13 +208,6 @@ def test_policy_option_typos_and_networks_without_hidden_layers_fail_at_construc
                 policy_kwargs={"net_arch": [], "cbp": None, "snp": {"shrink": 1e-3}})
     model.learn(total_timesteps=64)
     assert list(model.policy.actor_plasticity.methods) == list(model.policy.critic_plasticity.methods) == ["snp"]
-
-
-def test_readme_sb3_example_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    exec(compile(python_block("With Stable-Baselines3"), "README.md", "exec"), {"__name__": "__main__"})
-    assert "replacements" in capsys.readouterr().out
-    assert (tmp_path / "ppo_cbp_ant.zip").exists()
 
 
 def test_sb3_bench_is_registered_with_its_options():

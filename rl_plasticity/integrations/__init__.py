@@ -6,5 +6,8 @@
 - finder.py: find a model's unit groups, or read the user's declaration;
 - methods.py: every method of the core's registry built on a plain model (swr.py: SWR's view of it);
 - torch_api.py: `Plasticity` (any of them by section name) / `attach_cbp` / `attach_redo` / `attach_shrink_perturb`;
-- sb3.py: Stable-Baselines3 policies with the methods in actor and critic (imports SB3).
+- measure.py: `Measure` / `measure`, the core's plasticity metrics per layer of a plain model;
+- sb3.py: Stable-Baselines3 policies with the methods in actor and critic (imports SB3, as do the next two);
+- sb3_nets.py: which of an SB3 policy's layers make its actor and its critic;
+- sb3_callbacks.py: SB3 callbacks logging the metrics (TensorBoard) and making the methods' calls.
 """
