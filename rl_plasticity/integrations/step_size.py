@@ -72,6 +72,17 @@ class _FlatBacked(_ReplicaBacked):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)  # the next step copies the loaded state into new buffers
 
+    @staticmethod
+    def _step_size(state: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step_sizes(self) -> list[torch.Tensor]:
+        """Every parameter's learned step sizes, shaped like it, in the param groups' order (a parameter
+        never stepped: its group's lr)."""
+        return [self._step_size(self.state[p]) if self.state.get(p) else torch.full_like(p, group["lr"])
+                for group in self.param_groups for p in group["params"]]
+
 
 class UPGD(_ReplicaBacked):
     """UPGD (Elsayed & Mahmood 2024): useful weights (high utility -g*w) are protected, the others take the
@@ -110,6 +121,10 @@ class IDBD(_FlatBacked):
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.0, meta_step_size: float = 0.01):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "meta_step_size": meta_step_size})
 
+    @staticmethod
+    def _step_size(state):
+        return state["beta"].exp()
+
     def _new_core(self, group, params):
         return CoreIDBD(_with_replica(params), group["lr"], weight_decay=group["weight_decay"],
                         meta_step_size=group["meta_step_size"])
@@ -128,6 +143,10 @@ class Autostep(_FlatBacked):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "meta_step_size": meta_step_size,
                                   "tau": tau})
 
+    @staticmethod
+    def _step_size(state):
+        return state["alpha"].clone()
+
     def _new_core(self, group, params):
         return CoreAutostep(_with_replica(params), group["lr"], weight_decay=group["weight_decay"],
                             meta_step_size=group["meta_step_size"], tau=group["tau"])
@@ -145,6 +164,10 @@ class MetaAdam(_FlatBacked):
                  meta_step_size: float = 0.01, trace_decay: float = 0.99):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
                                   "meta_step_size": meta_step_size, "trace_decay": trace_decay})
+
+    @staticmethod
+    def _step_size(state):
+        return state["log_alpha"].exp()
 
     def _new_core(self, group, params):
         return CoreMetaAdam(_with_replica(params), group["lr"], betas=group["betas"], eps=group["eps"],
