@@ -226,6 +226,7 @@ def test_conv_models_take_the_layer_methods():
 @pytest.mark.parametrize("methods, call", [
     ({"hare_tortoise": True}, "end_epoch()"),
     ({"reset": True}, "task_switch()"),
+    ({"reset": {"what": "injection"}, "swr": True}, "task_switch()"),
     ({"l2_init": True}, "loss_term()"),
 ])
 def test_a_method_whose_call_never_comes_warns_once(methods, call):

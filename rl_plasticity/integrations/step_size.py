@@ -44,7 +44,7 @@ class _ReplicaBacked(_CoreBacked):
 
     def _fresh_state(self, group: dict) -> dict[str, float]:
         """The core's fresh state for the group's options (a learned step size starts at lr)."""
-        key = tuple((k, v) for k, v in group.items() if k != "params")
+        key = repr([(k, v) for k, v in group.items() if k != "params"])
         memo = self.__dict__.setdefault("_fresh_memo", {})
         if key not in memo:
             memo[key] = self._new_core(group, []).fresh_state

@@ -75,9 +75,11 @@ class Plasticity(nn.Module):
     seed: seeds the methods' generator (None: drawn from torch's global generator).
     auto_step: call `step()` after every `optimizer.step()` (through the optimizer's step hook).
 
-    The calls: `step()` after every optimizer.step(); `loss_term()`, a tensor to add to the loss (L2 Init's
-    and Parseval's penalties; 0 for the others); `end_epoch()` and `task_switch()` where a method acts then
-    (hare & tortoise resets, reset at a task switch). A configuration that acts at a call the loop never
+    The calls: `step()` after every optimizer.step() (SWR reads the step's gradient from p.grad there);
+    `loss_term()`, a tensor to add to the loss (L2 Init's and Parseval's penalties; 0 for the others);
+    `end_epoch()` and `task_switch()` where a method acts then (hare & tortoise resets, reset and plasticity
+    injection at a task switch; injection's frozen parts are added to the model's output by hooks,
+    integrations/injection.py). A configuration that acts at a call the loop never
     makes warns once, at the `hook_warning_steps`-th step().
     Attach after moving the model to its device; the methods are built on the model's first forward pass
     with autograd on (or first use), so L2 Init's theta_0 and the tortoise are the weights training starts from.
