@@ -9,7 +9,7 @@ The methods are the learner core's own code (rl_plasticity/core/methods), every 
 `METHODS`: continual backprop (Dohare et al., Nature 2024: utility, bias correction by
 1 - d^age, maturity, fractional replacement accumulator, lowest-utility replacement with fresh incoming
 and zero outgoing weights), ReDo (Sokar et al., 2023), shrink-and-perturb (Ash & Adams, 2020), the
-reset family (head, last layers, whole network), L2 Init (Kumar et al., 2023), Parseval regularisation
+reset family (head, last layers, whole network, plasticity injection: Nikishin et al., 2023), L2 Init (Kumar et al., 2023), Parseval regularisation
 (Chung et al., NeurIPS 2024), selective weight reinitialisation (Hernandez-Garcia et al., 2025), weight
 clipping (Elsayed et al., RLJ 2024) and Hare & Tortoise (Lee et al., ICML 2024). The core's Learner drives them (its hook order; every method hears what another
 re-initialised). They act on the model's layers through views with a replica axis of 1
