@@ -4,6 +4,7 @@ import gymnasium as gym
 import pytest
 import torch
 from stable_baselines3 import PPO, SAC
+from test_sb3 import _assert_same_tensors
 from torch import nn
 
 from rl_plasticity import (
@@ -84,7 +85,7 @@ def test_every_method_acts_in_actor_and_critic_and_save_load_keeps_its_state(alg
     saved, restored = policy.state_dict(), loaded.policy.state_dict()
     assert saved.keys() == restored.keys()
     assert any(k.endswith("_plasticity._extra_state") for k in saved)
-    assert repr(saved) == repr(restored)  # parameters and every method's state (tensors print their values)
+    _assert_same_tensors(saved, restored)  # parameters and every method's state
 
 
 def test_loss_term_enters_the_gradient_sb3_clips_and_steps():
@@ -131,8 +132,11 @@ def test_task_switch_and_epoch_hooks_from_the_env_phase():
 def test_policy_keywords_pass_through_and_bad_ones_are_refused():
     with pytest.raises(ValueError, match="unknown CBP option 'rate'"):
         _ppo(cbp={"rate": 1.0})
-    with pytest.raises(TypeError, match="unexpected keyword argument 'net_arh'"):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'net_arh' \(did you mean 'net_arch'\?\): "
+                                        r"PlasticityPolicy takes the plasticity methods cbp, redo, .*ActorCriticPolicy"):
         PPO(PlasticityPolicy, _env(), device="cpu", policy_kwargs={"net_arh": [8], "cbp": True})
+    with pytest.raises(TypeError, match=r"'l2init' \(did you mean 'l2_init'\?\)"):
+        _sac(l2init=True)
     plain = _ppo()  # no method: SB3's policy with rl_plasticity.Adam
     assert plain.policy.actor_plasticity is None and plain.policy.plasticity_stats() == {"actor": {}, "critic": {}}
     model = PPO(CBPPolicy, _env(), device="cpu", policy_kwargs={"net_arch": [8]})

@@ -35,6 +35,8 @@ layer init; `plasticity_init` overrides it. `plasticity_seed` seeds the actor's 
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 from typing import Any
 
@@ -86,9 +88,18 @@ class _PlasticityPolicy:
     """What both policies share: the method keywords, the attachments to actor and critic, the hooks."""
 
     _cbp_default = None
+    _sb3_base: type  # the SB3 policy class it extends
 
     def _split_kwargs(self, kwargs: dict, plasticity_init, plasticity_seed) -> dict:
         """Take the method keywords out of SB3's kwargs; kept for SB3's save/load of the policy."""
+        sb3 = [n for n in inspect.signature(self._sb3_base.__init__).parameters if n not in ("self", "args", "kwargs")]
+        for key in kwargs:
+            if key not in METHODS and key not in sb3:
+                match = difflib.get_close_matches(key, [*METHODS, *sb3], n=1, cutoff=0.6)
+                hint = f" (did you mean {match[0]!r}?)" if match else ""
+                raise TypeError(f"unexpected keyword argument {key!r}{hint}: {type(self).__name__} takes the plasticity "
+                                f"methods {', '.join(METHODS)}, plasticity_init, plasticity_seed and "
+                                f"{self._sb3_base.__name__}'s own keywords ({', '.join(sb3)})")
         methods = {name: kwargs.pop(name) for name in list(kwargs) if name in METHODS}
         if self._cbp_default is not None:
             methods.setdefault("cbp", self._cbp_default)
@@ -159,6 +170,8 @@ class PlasticityPolicy(_PlasticityPolicy, ActorCriticPolicy):
     parseval, swr, weight_clipping, hare_tortoise, ...), plasticity_init, plasticity_seed.
     `policy.actor_plasticity` / `policy.critic_plasticity` hold the methods."""
 
+    _sb3_base = ActorCriticPolicy
+
     def __init__(self, *args, plasticity_init=None, plasticity_seed=None, **kwargs):
         super().__init__(*args, **self._split_kwargs(kwargs, plasticity_init, plasticity_seed))
 
@@ -171,6 +184,8 @@ class PlasticityPolicy(_PlasticityPolicy, ActorCriticPolicy):
 class PlasticitySACPolicy(_PlasticityPolicy, SACPolicy):
     """SB3's SACPolicy with plasticity methods in the actor (stepped with the actor's optimizer) and the
     critic's Q-networks (with the critic's optimizer). Same extra policy_kwargs as PlasticityPolicy."""
+
+    _sb3_base = SACPolicy
 
     def __init__(self, *args, plasticity_init=None, plasticity_seed=None, **kwargs):
         super().__init__(*args, **self._split_kwargs(kwargs, plasticity_init, plasticity_seed))
