@@ -16,7 +16,8 @@ The values are written at the measurement's step, beside (not into) what SB3 its
 
 `PlasticityHooksCallback()` makes the calls a plasticity policy's methods may act at: `policy.end_epoch()`
 after each update (on-policy; the toolkit's PPO does the same) and `policy.task_switch()` when the env's
-`info["phase"]` changes (the toolkit's non-stationary envs report it), or when `task_switch(callback)` says so.
+`info["phase"]` changes (the toolkit's non-stationary envs report it; with several envs, whenever any env's
+does), or when `task_switch(callback)` says so.
 """
 
 from __future__ import annotations
