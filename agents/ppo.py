@@ -173,12 +173,12 @@ class PPOAgent:
     # -- learning -------------------------------------------------------------------------------------
 
     def _log_prob(self, mean: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        log_std = self.log_std[0]
+        log_std = self.log_std.squeeze(0)  # not [0]: squeeze's backward is a view, indexing's a filled copy
         z = (actions - mean) / log_std.exp()
         return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(-1)
 
     def entropy(self) -> torch.Tensor:
-        return (0.5 + _LOG_SQRT_2PI + self.log_std[0]).sum()
+        return (0.5 + _LOG_SQRT_2PI + self.log_std.squeeze(0)).sum()
 
     @torch.no_grad()
     def prepare(self, buf: RolloutBuffer) -> dict[str, torch.Tensor]:
@@ -216,10 +216,11 @@ class PPOAgent:
                 adv = adv_all[idx]
                 if s.advantage_normalization == "minibatch":
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                log_ratio = self._log_prob(self.actor(obs[idx]), actions[idx]) - old_lp[idx]
+                x = obs[idx]
+                log_ratio = self._log_prob(self.actor(x), actions[idx]) - old_lp[idx]
                 ratio = log_ratio.exp()
                 policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - s.clip, 1 + s.clip)).mean()
-                value_loss = (self.critic(obs[idx]).squeeze(-1) - ret_all[idx]).square().mean()
+                value_loss = (self.critic(x).squeeze(-1) - ret_all[idx]).square().mean()
                 loss = policy_loss + s.vf_coef * value_loss
                 if s.ent_coef:
                     loss = loss - s.ent_coef * self.entropy()

@@ -120,6 +120,40 @@ def test_adam_cheap_path_for_old_tensors_is_bit_identical_and_resets_go_back():
     assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_adam_flat_buffers_step_bit_identically_to_per_tensor_state_through_resets(weight_decay):
+    """PPO-like shapes (a [1, 1] bias included), young and old tensors side by side, unit resets sending a
+    tensor back to the corrected path: the flat step equals the per-tensor one, weights and state, bit for bit."""
+    from rl_plasticity.core.units import ParamUnits, rows
+
+    data = torch.Generator().manual_seed(4)
+    shapes = [(1, 16, 11), (1, 16), (1, 16, 16), (1, 16), (1, 1, 16), (1, 1), (1, 3)]
+    flat_params = [torch.nn.Parameter(torch.randn(s, generator=data)) for s in shapes]
+    tensor_params = [torch.nn.Parameter(p.detach().clone()) for p in flat_params]
+    flat = Adam(flat_params, lr=1e-2, betas=(0.5, 0.6), weight_decay=weight_decay)
+    per_tensor = Adam(tensor_params, lr=1e-2, betas=(0.5, 0.6), weight_decay=weight_decay, per_tensor=True)
+    assert flat._buffers is not None and per_tensor._buffers is None
+    young_and_old = False
+    for step in range(140):  # 0.6^40 is below float32's rounding of 1 - x: tensors age within the run
+        if step in (50, 51, 90):  # a unit of the first layer (its rows) is re-initialised, state and all
+            mask = torch.zeros(1, 16, dtype=torch.bool)
+            mask[0, step % 16] = True
+            for opt, params in ((flat, flat_params), (per_tensor, tensor_params)):
+                opt.reset_units(ParamUnits(params[0], rows), mask)
+                opt.reset_units(ParamUnits(params[1], rows), mask)
+        grads = [torch.randn(s, generator=data) for s in shapes]
+        flat.step(grads)
+        per_tensor.step([g.clone() for g in grads])
+        old = [p < tiny for p, tiny in zip(flat.max_power, flat.negligible)]
+        young_and_old |= any(old) and not all(old)
+        assert all(torch.equal(a, b) for a, b in zip(flat_params, tensor_params)), step
+    assert young_and_old and all(p < tiny for p, tiny in zip(flat.max_power, flat.negligible))
+    for name in Adam.fresh_state:
+        if "power" not in name:  # the powers of old elements may differ: below negligible, they are never read
+            assert all(torch.equal(a, b) for a, b in zip(flat.state[name], per_tensor.state[name])), name
+    assert flat.state["exp_avg"][2].untyped_storage().data_ptr() == flat._buffers["exp_avg"].untyped_storage().data_ptr()
+
+
 def test_snp_leaves_ppo_log_std_alone_unless_its_scope_is_all():
     import copy
 

@@ -11,6 +11,10 @@ process; each time covers acting and learning, not building the model. Each vari
 env-steps per second of wall-clock time and per CPU-second of this process (one thread): on a
 shared, noisy machine the CPU-second figures are the steady ones, and the ratios use them.
 
+Then, unless `--no-breakdown`, one more run of each paper config (std, CBP on) prints where an env step's time
+goes: the simulator, acting, the update's forward, backward, optimizer and plasticity methods, metrics and
+logging (rl_plasticity/bench/ppo_breakdown.py), so the next gap is visible.
+
 `--methods NAME ...` times instead the paper's std config and the named configs/friction_ant learners (`all`:
 every one but std) as `train` runs them, repeats interleaved, and prints each one's env-steps per CPU-second as a
 ratio to std's: the median over repeats of the ratio within one repeat, where std ran next to it in the same
@@ -35,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure each variant this many times, interleaved, and keep the best (default 1); "
                              "--methods' ratios are the median over repeats")
     parser.add_argument("--skip-sb3", action="store_true", help="time only our PPO (CBP off and on)")
+    parser.add_argument("--no-breakdown", action="store_true",
+                        help="skip the extra runs that print where a step's time goes (paper std and CBP configs)")
     parser.add_argument("--methods", nargs="+", metavar="NAME",
                         help="time the paper std config and these configs/friction_ant learners (or `all`) "
                              "instead, and print each one's speed as a ratio to std's")
@@ -204,4 +210,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Same optimizer settings on both sides: CBP's cost is CBP's alone.
     figures["cbp_cost"] = 1 - cpu["ours_cbp_sps"] / cpu["ours_cbp_off_sps"]
     print(f"CBP costs {100 * figures['cbp_cost']:.1f}% of the env-steps per CPU-second of the same learner without it")
+    if not args.no_breakdown:
+        from rl_plasticity.bench.ppo_breakdown import breakdown, print_breakdown
+
+        figures["breakdown_us_per_step"] = {}
+        for variant, label in (("paper_std", labels["ours_paper_std_sps"]), ("paper_cbp", labels["ours_cbp_sps"])):
+            parts = breakdown(_ours_config(variant, steps), args.seed, steps)
+            print_breakdown(label, parts)
+            figures["breakdown_us_per_step"][variant] = parts
     return figures

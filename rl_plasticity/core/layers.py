@@ -46,7 +46,8 @@ def uniform_like(t: torch.Tensor, bound: float, generator: torch.Generator | Non
 def replica_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """x [R, B, in] (or [B, in] with one replica) -> [R, B, out] (or [B, out])."""
     if x.dim() == 2:  # [B, in] with a single replica: the plain (and fastest) path
-        return F.linear(x, weight[0], bias[0])
+        # squeeze, not [0]: its backward is a view, where indexing's would fill and copy a new gradient
+        return F.linear(x, weight.squeeze(0), bias.squeeze(0))
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 

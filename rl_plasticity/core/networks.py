@@ -67,7 +67,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     x is [R, B, U], or [B, U] with one replica."""
     units = x.shape[-1]
     if x.dim() == 2:  # [B, U] with a single replica
-        return F.layer_norm(x, (units,), weight[0], bias[0], eps)
+        return F.layer_norm(x, (units,), weight.squeeze(0), bias.squeeze(0), eps)
     # Every replica normalises alike; only the affine part differs per replica.
     return torch.addcmul(bias.unsqueeze(1), F.layer_norm(x, (units,), eps=eps), weight.unsqueeze(1))
 

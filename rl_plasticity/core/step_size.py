@@ -57,7 +57,7 @@ import math
 import torch
 
 from rl_plasticity.config import Range
-from rl_plasticity.core.optim import Optimizer
+from rl_plasticity.core.optim import Optimizer, flat_state, flat_views, flatten
 
 
 class FlatStateOptimizer(Optimizer):
@@ -75,24 +75,21 @@ class FlatStateOptimizer(Optimizer):
         self.flat: dict[str, torch.Tensor] = {}
         if not self.params:
             return
-        first = self.params[0]
-        if any((p.shape[0], p.dtype, p.device) != (first.shape[0], first.dtype, first.device) for p in self.params):
+        layout = flat_state(self.params, {**self.fresh_state, "step": 0.0})
+        if layout is None:
             raise ValueError(f"{self.label} needs every parameter with the same replica count, dtype and device")
+        buffers, views = layout
+        self._step, self._step_views = buffers.pop("step"), views.pop("step")  # the step, a buffer with views
+        self.flat, self.state = buffers, views
         self.sizes = [p[0].numel() for p in self.params]
-        shape = (first.shape[0], sum(self.sizes))
-        self.flat = {name: torch.full(shape, value, dtype=first.dtype, device=first.device)
-                     for name, value in self.fresh_state.items()}
-        self.state = {name: self._views(t) for name, t in self.flat.items()}
-        self._step = torch.zeros(shape, dtype=first.dtype, device=first.device)
-        self._step_views = self._views(self._step)
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Each parameter's part of a [R, N] tensor, shaped like the parameter (views, not copies)."""
-        return [part.view(p.shape) for part, p in zip(flat.split(self.sizes, 1), self.params)]
+        return flat_views(flat, self.params, self.sizes)
 
     def _flatten(self, tensors) -> torch.Tensor:
         """Tensors shaped like the parameters -> one new [R, N] tensor."""
-        return torch.cat([t.reshape(t.shape[0], -1) for t in tensors], 1)
+        return flatten(tensors)
 
     def _apply_step(self) -> None:
         """w <- w - step, for the step written into self._step."""

@@ -121,8 +121,9 @@ class Adam(_CoreBacked):
         return core.Adam.fresh_state
 
     def _new_core(self, group, params):
+        # Per tensor: its state is the tensors of torch's `self.state` (bound after), not flat buffers.
         return core.Adam(params, group["lr"], betas=group["betas"], eps=group["eps"],
-                         weight_decay=group["weight_decay"])
+                         weight_decay=group["weight_decay"], per_tensor=True)
 
     def _sync(self, core_opt, group):
         super()._sync(core_opt, group)
