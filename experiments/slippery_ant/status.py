@@ -1,9 +1,11 @@
-"""Write the slippery-Ant experiment's status table: steps reached, newest checkpoint and wall time per run.
+"""Write the slippery-Ant experiment's status: steps reached, newest checkpoint and wall time per run, and
+each run's mean episodic return in every friction phase so far.
 
     python experiments/slippery_ant/status.py [--out docs/slippery_ant/status.md]
 
 Wall time is the training time the runs logged themselves (the sum of each rollout's duration, from
-`charts/sps`), so it leaves out start-up and the hours between sessions.
+`charts/sps`), so it leaves out start-up and the hours between sessions. A phase is the stretch between two
+friction switches (`charts/friction` changes value); an episode counts in the phase it ended in.
 """
 
 from __future__ import annotations
@@ -34,6 +36,33 @@ def run_row(run_dir: Path) -> str:
             f"{hours:.2f} h | {now} |")
 
 
+def phase_returns(scalars: dict) -> list[tuple[float, float, int]]:
+    """(friction, mean episodic return, episodes) of each phase, in order; the last one may be unfinished."""
+    friction, returns = scalars.get("charts/friction", []), scalars.get("charts/episodic_return", [])
+    phases: list[list] = []  # [friction, sum, count]
+    i = -1
+    for step, ret in returns:
+        while i + 1 < len(friction) and friction[i + 1][0] <= step:
+            i += 1
+            if not phases or friction[i][1] != phases[-1][0]:
+                phases.append([friction[i][1], 0.0, 0])
+        if phases:
+            phases[-1][1] += ret
+            phases[-1][2] += 1
+    return [(f, total / n if n else float("nan"), n) for f, total, n in phases]
+
+
+def phase_table(runs: list[Path]) -> list[str]:
+    rows = {run: phase_returns(read_scalars(run / "tb")) for run in runs}
+    width = max((len(p) for p in rows.values()), default=0)
+    lines = ["| learner | seed | " + " | ".join(f"phase {k + 1}" for k in range(width)) + " |",
+             "|---|---|" + "---|" * width]
+    for run, phases in rows.items():
+        cells = [f"{ret:,.0f} (friction {f:.3g})" for f, ret, _ in phases] + [""] * (width - len(phases))
+        lines.append(f"| {run.parent.name} | {run.name.removeprefix('seed_')} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=SWEEP.parents[1] / "docs" / "slippery_ant" / "status.md")
@@ -41,7 +70,9 @@ def main() -> None:
     runs = sorted(p for p in SWEEP.glob("*/seed_*") if (p / "config.yaml").is_file())
     lines = [f"# Slippery Ant: status on {dt.date.today().isoformat()}", "",
              "| learner | seed | steps logged | of 20M | newest checkpoint | training wall time | friction now |",
-             "|---|---|---|---|---|---|---|", *map(run_row, runs), ""]
+             "|---|---|---|---|---|---|---|", *map(run_row, runs), "",
+             "Mean episodic return in each friction phase (2M steps each; the last one of a run may be unfinished):",
+             "", *phase_table(runs), ""]
     args.out.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
 
