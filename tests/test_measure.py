@@ -5,26 +5,19 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch_api_helpers import copy_weights, core_and_plain_convnet
 
 from rl_plasticity import Measure, UnitsNotFound, measure
-from rl_plasticity.core.convnet import ConvNet
 from rl_plasticity.core.metrics import DistanceFromInit, net_metrics
 from rl_plasticity.core.networks import MLP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _copy(plain_layers, core_layers) -> None:
-    with torch.no_grad():
-        for p, c in zip(plain_layers, core_layers):
-            p.weight.copy_(c.weight[0])
-            p.bias.copy_(c.bias[0])
-
-
 def _compare_with_core(core, plain, layer_names, group_names, x, y):
     """Same weights, same inputs, same loss: Measure on the plain model equals net_metrics on the core net."""
     layers = [plain.get_submodule(n) for n in layer_names]
-    _copy(layers, core.layers)
+    copy_weights(layers, core.layers)
     distance, tracker = DistanceFromInit(core), Measure(plain, dormant="official", tau=0.1, grama_tau=0.5)
     with torch.no_grad():  # move away from the init, identically
         for p, c in zip(layers, core.layers):
@@ -60,12 +53,7 @@ def test_equals_the_core_metrics_on_the_toolkits_mlp():
 
 def test_equals_the_core_metrics_on_the_toolkits_convnet():
     torch.manual_seed(0)
-    core = ConvNet(num_classes=2, channels=(3, 4, 5), kernels=(3, 3, 3), hidden=(6, 6), image_size=24, in_channels=1)
-    core.reset_parameters([torch.Generator().manual_seed(1)])
-    plain = nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 5, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    core, plain, _ = core_and_plain_convnet()
     x, y = torch.randn(8, 1, 24, 24), torch.randn(8, 2)
     _compare_with_core(core, plain, ["0", "3", "6", "10", "12", "14"], ["0", "3", "6", "10", "12"], x, y)
 

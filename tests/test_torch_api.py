@@ -2,20 +2,17 @@
 
 import copy
 import inspect
-import math
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from readme_examples import python_block
 from torch import nn
-from torch_api_helpers import METHOD_SEED, copy_weights, method_cfg, plain_optimizer
+from torch_api_helpers import METHOD_SEED, copy_weights, core_and_plain_convnet, method_cfg, plain_optimizer
 
 from rl_plasticity import (SGD, Adam, Plasticity, UnitsNotFound, UnitSpec, attach_cbp, attach_redo,
                            attach_shrink_perturb, find_unit_specs)
 from rl_plasticity.core.builders import build_learner
-from rl_plasticity.core.convnet import ConvNet
 from rl_plasticity.core.methods import ContinualBackprop, ReDo, ShrinkPerturb
 from rl_plasticity.core.networks import MLP
 from rl_plasticity.core.units import ParamUnits
@@ -86,14 +83,7 @@ def test_core_mlp_and_plain_sequential_train_bit_identically(optimizer, methods)
 def test_core_convnet_and_plain_sequential_train_bit_identically():
     """Conv channels as units, pooling between layers and a Flatten into the first linear layer:
     the groups, the taps (the pooled maps the next layer reads) and the outgoing views all match."""
-    core = ConvNet(num_classes=2, channels=(3, 4, 5), kernels=(3, 3, 3), hidden=(6, 6), image_size=24, in_channels=1)
-    core.reset_parameters([torch.Generator().manual_seed(1)])
-    plain = nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 5, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
-    layers = [m for m in plain if isinstance(m, (nn.Conv2d, nn.Linear))]
-    copy_weights(layers, core.layers)
+    core, plain, layers = core_and_plain_convnet()
     methods = {"cbp": {"replacement_rate": 0.1, "maturity_threshold": 3, "utility": "contribution"}}
     cfg = method_cfg({"name": "sgd", "lr": 1e-2, "momentum": 0.9}, methods)
     learner, opt, plasticity = _train_both(core, plain, layers, cfg, methods, (4, 1, 24, 24), 2, steps=40,
@@ -307,12 +297,3 @@ def test_state_dict_round_trip_continues_exactly():
     train(net2, opt2, cbp2, data2, 20)
     assert cbp.stats() == cbp2.stats() and cbp.stats()["cbp/0/replacements"] > 0
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), net2.parameters()))
-
-
-def test_readme_pytorch_example_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    exec(compile(python_block("Use in your own PyTorch code"), "README.md", "exec"), {"__name__": "__main__"})
-    out = capsys.readouterr().out
-    assert "replacements" in out and (tmp_path / "cbp_regression.pt").exists()
-    loss = float(out.split()[1])
-    assert math.isfinite(loss)

@@ -8,7 +8,6 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from readme_examples import README
 from torch import nn
 from torch_api_helpers import METHOD_SEED, core_and_plain_mlp, method_cfg, plain_optimizer
 
@@ -283,13 +282,3 @@ def test_state_dict_round_trip_of_the_snapshot_methods():
     p2.load_state_dict(p.state_dict())
     assert _same(p2.methods["l2_init"].initial, start)
     assert _same(p2.methods["hare_tortoise"].tortoise, p.methods["hare_tortoise"].tortoise)
-
-
-def test_readme_every_method_example_runs(capsys):
-    """The README's second example in "Use in your own PyTorch code" runs as written."""
-    text = README.read_text()
-    start = text.index("\n## Use in your own PyTorch code\n")
-    section = text[start:text.index("\n## ", start + 1)]
-    block = re.findall(r"```python\n(.*?)```", section, re.S)[1]
-    exec(compile(block, "README.md", "exec"), {"__name__": "__main__"})
-    assert "'hare_tortoise/resets': 3.0" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """What the tests of the public PyTorch API share: the core's config for a learner with given methods and
-optimizer, the API's optimizer for the same section, and one network as the core's MLP and as a plain
-nn.Sequential with the same weights."""
+optimizer, the API's optimizer for the same section, and one network as the core's MLP (or ConvNet) and as a
+plain nn.Sequential with the same weights."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rl_plasticity.core.builders import METHOD_DEFAULTS
+from rl_plasticity.core.convnet import ConvNet
 from rl_plasticity.core.networks import MLP
 
 METHOD_SEED = 7  # the methods' generator, in the core's learner and in `Plasticity`
@@ -49,6 +50,20 @@ def core_and_plain_mlp():
     core.reset_parameters([torch.Generator().manual_seed(1)])
     plain = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     layers = [plain[0], plain[2], plain[4]]
+    copy_weights(layers, core.layers)
+    return core, plain, layers
+
+
+def core_and_plain_convnet():
+    """Three conv layers with pooling, a Flatten and three linear layers, as the core's ConvNet (seed 1) and as an
+    nn.Sequential with the same weights: (core, plain, the plain net's Conv2d and Linear layers)."""
+    core = ConvNet(num_classes=2, channels=(3, 4, 5), kernels=(3, 3, 3), hidden=(6, 6), image_size=24, in_channels=1)
+    core.reset_parameters([torch.Generator().manual_seed(1)])
+    plain = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    layers = [m for m in plain if isinstance(m, (nn.Conv2d, nn.Linear))]
     copy_weights(layers, core.layers)
     return core, plain, layers
 
