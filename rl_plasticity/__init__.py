@@ -1,9 +1,13 @@
 """rl-plasticity: study and cure loss of plasticity in deep RL and continual learning.
 
-The public Python API (see README, "Use in your own PyTorch code" and "With Stable-Baselines3"):
+The public Python API (see README, "Use in your own PyTorch code", "Plasticity metrics of your own model" and
+"With Stable-Baselines3"):
 
-    from rl_plasticity import Adam, SGD, attach_cbp, attach_redo, attach_shrink_perturb, Plasticity, UnitSpec
-    from rl_plasticity import CBPPolicy, CBPSACPolicy  # Stable-Baselines3 policies
+    from rl_plasticity import Plasticity, attach_cbp, attach_redo, attach_shrink_perturb, UnitSpec
+    from rl_plasticity import Adam, SGD, UPGD, IDBD, Autostep, MetaAdam  # torch optimizers
+    from rl_plasticity import Measure, measure  # plasticity metrics of a model
+    from rl_plasticity import PlasticityPolicy, PlasticitySACPolicy, CBPPolicy, CBPSACPolicy  # Stable-Baselines3
+    from rl_plasticity import PlasticityMetricsCallback, PlasticityHooksCallback  # Stable-Baselines3 callbacks
 
 Names are imported on first use, so `import rl_plasticity` stays light (no torch import).
 """

@@ -141,3 +141,61 @@ def test_policy_keywords_pass_through_and_bad_ones_are_refused():
     assert plain.policy.actor_plasticity is None and plain.policy.plasticity_stats() == {"actor": {}, "critic": {}}
     model = PPO(CBPPolicy, _env(), device="cpu", policy_kwargs={"net_arch": [8]})
     assert model.policy.actor_plasticity.options["cbp"]["maturity_threshold"] == 10_000  # the paper's PPO setting
+
+
+def test_bad_method_values_and_nets_a_method_cannot_act_on_are_refused_naming_the_net():
+    with pytest.raises(TypeError, match="cbp must be True, False/None or a dict of its options, got 3"):
+        _ppo(cbp=3)
+    with pytest.raises(ValueError, match=r"Parseval regularisation acts on hidden layers .* \(the policy network "
+                                         r"\(mlp_extractor.policy_net\): layers action_net; net_arch=\[\]\)"):
+        PPO(PlasticityPolicy, _env(), device="cpu", policy_kwargs={"net_arch": [], "parseval": True})
+    with pytest.raises(ValueError, match=r"injection.*use last_layers=1 .*\(the actor \(actor.latent_pi\): layers "
+                                         r"actor.log_std, actor.latent_pi.0, actor.latent_pi.2, actor.mu"):
+        _sac(reset={"what": "injection"})
+    injected = _ppo(reset={"what": "injection", "last_layers": 1})
+    assert list(injected.policy.critic_plasticity.methods) == ["reset"]
+
+
+def test_a_ppo_policy_saved_with_one_attachment_for_both_nets_is_refused_clearly(tmp_path):
+    """Saves from before per-net attachments hold `plasticity._extra_state`: a clear error, and a way to keep
+    the weights."""
+    import io
+    import zipfile
+
+    model = _ppo(cbp=QUICK["cbp"])
+    model.learn(64)
+    model.save(tmp_path / "new")
+    with zipfile.ZipFile(tmp_path / "new.zip") as new, zipfile.ZipFile(tmp_path / "old.zip", "w") as old:
+        for item in new.infolist():
+            data = new.read(item)
+            if item.filename == "policy.pth":
+                state = torch.load(io.BytesIO(data), weights_only=False)
+                state["plasticity._extra_state"] = state.pop("actor_plasticity._extra_state")
+                del state["critic_plasticity._extra_state"]
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+                data = buffer.getvalue()
+            old.writestr(item, data)
+    with pytest.raises(ValueError, match=r"saved before the methods were attached to actor and critic separately: "
+                                         r".*'plasticity._extra_state'.*set_parameters\(path, exact_match=False\)"):
+        PPO.load(tmp_path / "old", env=_env(), device="cpu")
+    fresh = _ppo(cbp=QUICK["cbp"])
+    fresh.set_parameters(str(tmp_path / "old"), exact_match=False, device="cpu")
+    _assert_same_tensors({k: v for k, v in model.policy.state_dict().items() if "plasticity" not in k},
+                         {k: v for k, v in fresh.policy.state_dict().items() if "plasticity" not in k})
+
+
+def test_a_step_size_optimizer_is_the_policys_optimizer_with_a_method_and_comes_back_on_load(tmp_path):
+    from rl_plasticity import MetaAdam
+
+    model = _ppo(cbp=QUICK["cbp"], optimizer_class=MetaAdam, optimizer_kwargs={"meta_step_size": 0.1})
+    model.learn(128)
+    opt = model.policy.optimizer
+    assert isinstance(opt, MetaAdam) and model.policy.plasticity_stats()["actor"]["cbp/mlp_extractor.policy_net.0/"
+                                                                               "replacements"] > 0
+    alpha = torch.cat([a.flatten() for a in opt.step_sizes()])
+    assert alpha.min() < model.learning_rate < alpha.max()  # learned from SB3's learning_rate
+    model.save(tmp_path / "meta")
+    loaded = PPO.load(tmp_path / "meta", env=_env(), device="cpu")
+    assert isinstance(loaded.policy.optimizer, MetaAdam)
+    _assert_same_tensors(opt.state_dict()["state"], loaded.policy.optimizer.state_dict()["state"])

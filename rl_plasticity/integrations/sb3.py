@@ -50,6 +50,8 @@ from rl_plasticity.integrations.sb3_nets import Net, policy_nets
 from rl_plasticity.integrations.torch_api import Plasticity
 
 # The paper's CBP settings for PPO (DESIGN §4); a dict given as `cbp` is applied on top of them.
+# The methods' state in a PPO policy saved when one Plasticity served actor and critic together.
+OLD_STATE_KEY = "plasticity._extra_state"
 PAPER_CBP = {"replacement_rate": 1e-4, "maturity_threshold": 10_000, "decay_rate": 0.99, "utility": "contribution"}
 
 
@@ -60,7 +62,7 @@ def _enabled(value) -> bool:
 def _method_options(methods: dict) -> dict:
     """The keywords for Plasticity: the enabled methods, CBP's over the paper's settings."""
     out = {name: value for name, value in methods.items() if _enabled(value)}
-    if "cbp" in out:
+    if out.get("cbp") is True or isinstance(out.get("cbp"), dict):  # anything else: Plasticity says what is valid
         out["cbp"] = {**PAPER_CBP, **({} if out["cbp"] is True else dict(out["cbp"]))}
     return out
 
@@ -137,9 +139,13 @@ class _PlasticityPolicy:
     def _attach(self, net: Net, optimizer, init, seed_offset: int) -> Plasticity:
         seed = self._plasticity_kwargs["plasticity_seed"]
         trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        plasticity = Plasticity(net.as_module(), optimizer, groups=net.local_specs(), init=init,
-                                seed=None if seed is None else seed + seed_offset, auto_step=True,
-                                params=[p for p in net.params() if id(p) in trained], **self._methods)
+        try:
+            plasticity = Plasticity(net.as_module(), optimizer, groups=net.local_specs(), init=init,
+                                    seed=None if seed is None else seed + seed_offset, auto_step=True,
+                                    params=[p for p in net.params() if id(p) in trained], **self._methods)
+        except ValueError as e:  # the model it names is this net, a PolicyNet of the policy's layers
+            raise ValueError(f"{e} (the {net.where}: layers {', '.join(net.layer_names)}; "
+                             f"net_arch={self.net_arch!r})") from e
         plasticity.methods  # noqa: B018 (built now: L2 Init's and the tortoise's weights are the initial ones)
         return plasticity
 
@@ -161,6 +167,16 @@ class _PlasticityPolicy:
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), **self._plasticity_kwargs}
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        if strict and OLD_STATE_KEY in state_dict:
+            raise ValueError(
+                f"this {type(self).__name__} was saved before the methods were attached to actor and critic "
+                f"separately: its state holds one '{OLD_STATE_KEY}' for both nets, and the policy now keeps "
+                "'actor_plasticity' and 'critic_plasticity', so the methods' state cannot be carried over. To keep "
+                "its network weights and optimizer state, with the methods starting afresh: build the model, then "
+                "model.set_parameters(path, exact_match=False)")
+        return super().load_state_dict(state_dict, strict, **kwargs)
 
 
 class PlasticityPolicy(_PlasticityPolicy, ActorCriticPolicy):

@@ -25,6 +25,10 @@ from torch import nn
 from rl_plasticity.integrations.finder import UnitSpec, _flatten_chain, chain_specs
 
 
+class PolicyNet(nn.ModuleList):
+    """A policy's actor or critic as one module (`Net.as_module`); an error about the model names it so."""
+
+
 @dataclass
 class Net:
     """One net of a policy: its name ("actor" or "critic"), its modules, its unit groups and weight layers
@@ -40,9 +44,9 @@ class Net:
     def layer_names(self) -> list[str]:
         return [n for n, m in self.chain if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
 
-    def as_module(self) -> nn.ModuleList:
+    def as_module(self) -> PolicyNet:
         """The chain as one (new) module, its children numbered in chain order."""
-        return nn.ModuleList(m for _, m in self.chain)
+        return PolicyNet(m for _, m in self.chain)
 
     def local_specs(self) -> list[UnitSpec]:
         """The unit groups with the names of `module` (indices), each keeping its policy name as its name."""
