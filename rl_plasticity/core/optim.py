@@ -164,7 +164,7 @@ class Adam(Optimizer):
     every element takes the corrected formula: for an old element it is bit-identical to the plain one
     (its 1 - beta^t is exactly 1, so the corrections divide and multiply by exactly 1 and -1).
     `per_tensor=True` keeps the state per tensor (as does an owner that rebinds `state` to its own tensors);
-    tests/test_optimizers.py checks the flat step against it, bit for bit.
+    tests/test_methods.py checks the flat step against it, bit for bit.
     """
 
     name, label, flat = "adam", "Adam", True
@@ -188,6 +188,7 @@ class Adam(Optimizer):
             self._flat_state = self.state  # an owner that rebinds `state` to its own tensors gets the per-tensor step
             self._sizes = [p[0].numel() for p in self.params]
             self._denom = torch.empty_like(self._buffers["exp_avg"])
+            self._correction = torch.empty_like(self._denom)  # scratch for the bias corrections
             self._denom_views = flat_views(self._denom, self.params, self._sizes)
 
     @torch.no_grad()
@@ -210,7 +211,7 @@ class Adam(Optimizer):
 
     def _flat_step(self, grads: list[torch.Tensor]) -> None:
         """The step on the flat buffers: the same operations, element by element, as the per-tensor step."""
-        b, denom = self._buffers, self._denom
+        b, denom, bc = self._buffers, self._denom, self._correction
         g = flatten(grads)
         m, v = b["exp_avg"], b["exp_avg_sq"]
         m.lerp_(g, 1 - self.beta1)
@@ -223,8 +224,7 @@ class Adam(Optimizer):
             torch._foreach_addcdiv_(self.params, self.state["exp_avg"], self._denom_views, value=-self.lr)
             return
         p1, p2 = b["beta1_power"].mul_(self.beta1), b["beta2_power"].mul_(self.beta2)
-        bc = torch.neg(p2)
-        bc.add_(1.0).sqrt_()  # sqrt(1 - beta2^t)
+        torch.neg(p2, out=bc).add_(1.0).sqrt_()  # sqrt(1 - beta2^t)
         denom.div_(bc).add_(self.eps)
         torch.sub(p1, 1.0, out=bc)  # -(1 - beta1^t): carries the descent step's minus sign
         denom.mul_(bc)
